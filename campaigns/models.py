@@ -1,0 +1,1 @@
+"""campaigns models arrive with their issue."""

@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from crm_site import accounts, views
+
+workspace_patterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("settings/", views.workspace_settings, name="workspace_settings"),
+    path("settings/members/", accounts.members, name="members"),
+    path("settings/members/<int:membership_id>/", accounts.member_edit, name="member_edit"),
+    path("settings/invitations/<int:invitation_id>/revoke/", accounts.invitation_revoke, name="invitation_revoke"),
+    path("jobs/<int:job_id>/", views.job_progress, name="job_progress"),
+    path("customers/", include("customers.urls")),
+    path("lifecycle/", include("lifecycle.urls")),
+    path("segments/", include("segments.urls")),
+    path("campaigns/", include("campaigns.urls")),
+]
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("accounts/", include("crm_site.account_urls")),
+    path("admin/", admin.site.urls),
+    path("w/<slug:workspace_slug>/", include(workspace_patterns)),
+]
+
+handler404 = "crm_site.views.page_not_found"
+handler500 = "crm_site.views.server_error"

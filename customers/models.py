@@ -1,0 +1,213 @@
+"""Who the customers are, what they bought, what they agreed to, and what happened between us."""
+
+import hashlib
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from crm_site.tenancy import TenantModel
+
+
+class Channel(models.TextChoices):
+    EMAIL = "email", "E-mail"
+    SMS = "sms", "SMS"
+
+
+class Customer(TenantModel):
+    external_id = models.CharField(max_length=100, blank=True, help_text="The id in the shop's own system.")
+    email = models.EmailField(max_length=254, blank=True)
+    phone = models.CharField(max_length=20, blank=True, help_text="E.164, e.g. +4930123456")
+    first_name = models.CharField(max_length=100, blank=True)
+    last_name = models.CharField(max_length=100, blank=True)
+    time_zone = models.CharField(max_length=64, blank=True, help_text="IANA name; the workspace's when blank.")
+    locale = models.CharField(max_length=16, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+    # Derived from the consent ledger by customers.consent; kept here so audiences filter on one table.
+    email_opt_in = models.BooleanField(default=False)
+    sms_opt_in = models.BooleanField(default=False)
+    first_seen_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    erased_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "external_id"], condition=~Q(external_id=""), name="customer_unique_external_id"
+            ),
+            models.UniqueConstraint(fields=["tenant", "email"], condition=~Q(email=""), name="customer_unique_email"),
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "last_name", "first_name"]),
+            models.Index(fields=["tenant", "phone"]),
+            models.Index(fields=["tenant", "first_seen_at"]),
+            models.Index(fields=["tenant", "-created_at"]),
+        ]
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return self.full_name or self.email or self.phone or f"Customer {self.pk}"
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip()
+
+
+class Product(TenantModel):
+    sku = models.CharField(max_length=64)
+    name = models.CharField(max_length=200)
+    category = models.CharField(max_length=100, blank=True)
+    price = models.DecimalField(max_digits=12, decimal_places=2, default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "sku"], name="product_unique_sku")]
+        indexes = [models.Index(fields=["tenant", "category"])]
+        ordering = ["name"]
+
+    def __str__(self):
+        return f"{self.name} ({self.sku})"
+
+
+class Order(TenantModel):
+    class Status(models.TextChoices):
+        PLACED = "placed", "Placed"
+        REFUNDED = "refunded", "Refunded"
+        PARTIALLY_REFUNDED = "partially_refunded", "Partially refunded"
+        CANCELLED = "cancelled", "Cancelled"
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="orders")
+    external_id = models.CharField(max_length=100)
+    placed_at = models.DateTimeField()
+    total = models.DecimalField(max_digits=12, decimal_places=2)
+    refunded_amount = models.DecimalField(max_digits=12, decimal_places=2, default=0)
+    currency = models.CharField(max_length=3, default="EUR")
+    channel = models.CharField(max_length=30, blank=True, help_text="web, store, phone, marketplace…")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PLACED)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "external_id"], name="order_unique_external_id")]
+        indexes = [
+            models.Index(fields=["tenant", "customer", "placed_at"]),
+            models.Index(fields=["tenant", "placed_at"]),
+        ]
+        ordering = ["-placed_at"]
+
+    def __str__(self):
+        return f"Order {self.external_id}"
+
+    @property
+    def net_total(self):
+        return self.total - self.refunded_amount
+
+
+class OrderLine(TenantModel):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE, related_name="lines")
+    product = models.ForeignKey(Product, null=True, blank=True, on_delete=models.SET_NULL, related_name="lines")
+    sku = models.CharField(max_length=64, blank=True)
+    quantity = models.IntegerField(default=1)
+    unit_price = models.DecimalField(max_digits=12, decimal_places=2)
+    line_total = models.DecimalField(max_digits=12, decimal_places=2)
+    returned_quantity = models.IntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "order"]), models.Index(fields=["tenant", "product"])]
+
+    def __str__(self):
+        return f"{self.quantity} × {self.sku}"
+
+
+class ConsentEvent(TenantModel):
+    """One line of the append-only consent ledger; the current state is derived from the latest event."""
+
+    class Action(models.TextChoices):
+        GRANT = "grant", "Granted"
+        WITHDRAW = "withdraw", "Withdrawn"
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="consent_events")
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    purpose = models.CharField(max_length=40, default="marketing")
+    action = models.CharField(max_length=10, choices=Action.choices)
+    occurred_at = models.DateTimeField(default=timezone.now)
+    method = models.CharField(max_length=40, help_text="form, double_opt_in, import, api, admin, sms_keyword, unsubscribe…")
+    source = models.CharField(max_length=200, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=400, blank=True)
+    wording_version = models.CharField(max_length=40, blank=True)
+    confirmed_at = models.DateTimeField(null=True, blank=True, help_text="Double opt-in confirmation time.")
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "customer", "channel", "-occurred_at"])]
+        ordering = ["-occurred_at", "-id"]
+
+    def __str__(self):
+        return f"{self.channel} {self.purpose} {self.action} at {self.occurred_at:%Y-%m-%d}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ValueError("The consent ledger is append-only: record a new event instead.")
+        super().save(*args, **kwargs)
+
+
+def suppression_hash(channel: str, value: str) -> str:
+    """Return the keyed hash under which an address is suppressed, so it survives erasure of the customer."""
+    normalized = value.strip().lower()
+    return hashlib.sha256(f"{settings.SECRET_KEY}:{channel}:{normalized}".encode()).hexdigest()
+
+
+class Suppression(TenantModel):
+    class Reason(models.TextChoices):
+        BOUNCED = "bounced", "Bounced"
+        COMPLAINED = "complained", "Complained"
+        UNSUBSCRIBED = "unsubscribed", "Unsubscribed"
+        ERASED = "erased", "Erased on request"
+        MANUAL = "manual", "Manual"
+
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    value_hash = models.CharField(max_length=64)
+    reason = models.CharField(max_length=20, choices=Reason.choices)
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "channel", "value_hash"], name="suppression_unique_value")
+        ]
+
+    def __str__(self):
+        return f"{self.channel} suppressed ({self.reason})"
+
+
+class Interaction(TenantModel):
+    """The customer's timeline: purchases, messages, opens, clicks, replies, consent changes, notes."""
+
+    class Kind(models.TextChoices):
+        PURCHASE = "purchase", "Purchase"
+        MESSAGE = "message", "Message"
+        OPEN = "open", "Opened"
+        CLICK = "click", "Clicked"
+        REPLY = "reply", "Replied"
+        CONSENT = "consent", "Consent change"
+        NOTE = "note", "Note"
+        LIFECYCLE = "lifecycle", "Lifecycle"
+        DEFERRED = "deferred", "Deferred"
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="interactions")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    occurred_at = models.DateTimeField(default=timezone.now)
+    summary = models.CharField(max_length=300)
+    details = models.JSONField(default=dict, blank=True)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "customer", "-occurred_at"]),
+            models.Index(fields=["tenant", "kind", "-occurred_at"]),
+        ]
+        ordering = ["-occurred_at", "-id"]
+
+    def __str__(self):
+        return self.summary

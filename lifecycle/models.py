@@ -1,0 +1,1 @@
+"""lifecycle models arrive with their issue."""

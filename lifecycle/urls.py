@@ -1,0 +1,8 @@
+from django.urls import path
+
+from lifecycle import views
+
+app_name = "lifecycle"
+urlpatterns = [
+    path("", views.index, name="index"),
+]

@@ -1,0 +1,96 @@
+"""Factories for tests, benchmarks and demo data. Tenant-owned objects are created inside their workspace's scope."""
+
+import datetime as dt
+from decimal import Decimal
+
+import factory
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from crm_site.models import Membership, Role, Workspace
+from crm_site.tenancy import tenant_scope
+from customers.models import Customer, Order, OrderLine, Product
+
+PASSWORD = "correct-horse-battery-staple"
+
+
+class UserFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = get_user_model()
+        django_get_or_create = ["username"]
+
+    username = factory.Sequence(lambda n: f"user{n}")
+    email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
+    password = factory.PostGenerationMethodCall("set_password", PASSWORD)
+
+
+class WorkspaceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Workspace
+
+    name = factory.Sequence(lambda n: f"Shop {n}")
+    slug = factory.Sequence(lambda n: f"shop-{n}")
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+
+    workspace = factory.SubFactory(WorkspaceFactory)
+    user = factory.SubFactory(UserFactory)
+    role = Role.MARKETER
+
+
+class TenantFactory(factory.django.DjangoModelFactory):
+    """Creates the object inside its tenant's scope (row-level security checks the insert)."""
+
+    class Meta:
+        abstract = True
+
+    tenant = factory.SubFactory(WorkspaceFactory)
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        with tenant_scope(kwargs["tenant"]):
+            return super()._create(model_class, *args, **kwargs)
+
+
+class CustomerFactory(TenantFactory):
+    class Meta:
+        model = Customer
+
+    first_name = factory.Faker("first_name")
+    last_name = factory.Faker("last_name")
+    email = factory.Sequence(lambda n: f"customer{n}@example.org")
+    external_id = factory.Sequence(lambda n: f"C{n:06d}")
+
+
+class ProductFactory(TenantFactory):
+    class Meta:
+        model = Product
+
+    sku = factory.Sequence(lambda n: f"SKU-{n:05d}")
+    name = factory.Faker("word")
+    category = "General"
+    price = Decimal("19.90")
+
+
+class OrderFactory(TenantFactory):
+    class Meta:
+        model = Order
+
+    customer = factory.SubFactory(CustomerFactory, tenant=factory.SelfAttribute("..tenant"))
+    external_id = factory.Sequence(lambda n: f"O{n:07d}")
+    placed_at = factory.LazyFunction(lambda: timezone.now() - dt.timedelta(days=1))
+    total = Decimal("49.90")
+
+
+class OrderLineFactory(TenantFactory):
+    class Meta:
+        model = OrderLine
+
+    order = factory.SubFactory(OrderFactory, tenant=factory.SelfAttribute("..tenant"))
+    sku = "SKU"
+    quantity = 1
+    unit_price = Decimal("49.90")
+    line_total = Decimal("49.90")
