@@ -31,7 +31,15 @@ from django.db.models.functions import Concat, Lower, Trim
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
-from customers.models import Channel, ConsentEvent, Customer, Interaction, Suppression, suppression_hash
+from customers.models import (
+    Channel,
+    ConsentEvent,
+    Customer,
+    Interaction,
+    MessagingPause,
+    Suppression,
+    suppression_hash,
+)
 
 MARKETING = "marketing"
 
@@ -284,7 +292,7 @@ def current_consent(customer: Customer) -> dict[tuple[str, str], ConsentState]:
 
 
 def has_consent(customer: Customer, channel: str, purpose: str = MARKETING) -> bool:
-    """Return True when a message may be sent now: consent granted, address present, not suppressed.
+    """Return True when a message may be sent now: consent granted, address present, not suppressed, not paused.
 
     Reads the ledger and the suppression list afresh (send time), not the derived flag.
     """
@@ -300,7 +308,53 @@ def has_consent(customer: Customer, channel: str, purpose: str = MARKETING) -> b
     )
     if latest != ConsentEvent.Action.GRANT:
         return False
-    return not is_suppressed(channel, address)
+    return not is_suppressed(channel, address) and not is_paused(customer)
+
+
+# --- Pauses (preference centre: "nothing for a few weeks", consent unchanged) ---------------------------
+
+
+def pause_messages(customer: Customer, until: datetime) -> MessagingPause:
+    """Pause marketing to the customer until ``until`` (replacing any pause); return the pause."""
+    pause, _ = MessagingPause.objects.update_or_create(customer=customer, defaults={"paused_until": until})
+    Interaction.objects.create(
+        customer=customer,
+        kind=Interaction.Kind.CONSENT,
+        summary=f"Paused messages until {until:%Y-%m-%d}",
+        details={"paused_until": until.isoformat()},
+    )
+    return pause
+
+
+def resume_messages(customer: Customer) -> bool:
+    """End the customer's pause; return True when there was one."""
+    deleted, _ = MessagingPause.objects.filter(customer=customer).delete()
+    if deleted:
+        Interaction.objects.create(customer=customer, kind=Interaction.Kind.CONSENT, summary="Resumed messages")
+    return bool(deleted)
+
+
+def paused_until(customer: Customer, at: datetime | None = None) -> datetime | None:
+    """Return the end of the customer's pause when one is in force at ``at`` (default now), else None."""
+    return (
+        MessagingPause.objects.filter(customer=customer, paused_until__gt=at or timezone.now())
+        .values_list("paused_until", flat=True)
+        .first()
+    )
+
+
+def is_paused(customer: Customer, at: datetime | None = None) -> bool:
+    """Return True while the customer asked to receive nothing for a while."""
+    return paused_until(customer, at) is not None
+
+
+def reachable_customers(channel: str, at: datetime | None = None) -> models.QuerySet:
+    """Return the workspace's customers that may get marketing on the channel now (one query, for audiences).
+
+    Opted in (derived flag: consent granted, address present, not suppressed) and not paused.
+    """
+    active_pause = MessagingPause.objects.filter(customer=OuterRef("pk"), paused_until__gt=at or timezone.now())
+    return Customer.objects.filter(**{OPT_IN_FIELD[_check_channel(channel)]: True}).exclude(Exists(active_pause))
 
 
 # --- Set-based recomputation of the derived flags ----------------------------------------------------

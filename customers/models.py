@@ -211,3 +211,46 @@ class Interaction(TenantModel):
 
     def __str__(self):
         return self.summary
+
+
+class ApiKey(models.Model):
+    """A workspace's key to the JSON API; only a SHA-256 digest of the secret is stored.
+
+    The key names its workspace, so it is read before any workspace is in scope and, like Membership,
+    is not row-secured: every query filters on ``workspace`` explicitly.
+    """
+
+    workspace = models.ForeignKey("crm_site.Workspace", on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, help_text="The public start of the key, shown to tell keys apart.")
+    key_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["workspace", "-created_at"])]
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class MessagingPause(TenantModel):
+    """A customer asked (preference centre) to receive no marketing until ``paused_until``; consent is unchanged."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.CASCADE, related_name="+", db_index=False)
+    paused_until = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "customer"], name="messaging_pause_unique_customer")]
+        indexes = [models.Index(fields=["tenant", "paused_until"])]
+
+    def __str__(self):
+        return f"Paused until {self.paused_until:%Y-%m-%d}"

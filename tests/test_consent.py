@@ -162,3 +162,19 @@ def test_unknown_channel_or_action_is_refused(workspace):
             consent.record_consent(customer, "fax", "grant", "form")
         with pytest.raises(consent.ConsentError):
             consent.record_consent(customer, "email", "maybe", "form")
+
+
+def test_a_pause_stops_sending_without_touching_consent(workspace):
+    customer = CustomerFactory(tenant=workspace)
+    other = CustomerFactory(tenant=workspace)
+    with tenant_scope(workspace):
+        for person in (customer, other):
+            consent.record_consent(person, "email", "grant", "form")
+        consent.pause_messages(customer, timezone.now() + dt.timedelta(weeks=4))
+        assert consent.has_consent(customer, "email") is False
+        assert customer.email_opt_in is True
+        assert list(consent.reachable_customers("email")) == [other]
+        assert consent.is_paused(customer, at=timezone.now() + dt.timedelta(weeks=5)) is False
+        assert consent.resume_messages(customer) is True
+        assert consent.has_consent(customer, "email") is True
+        assert set(consent.reachable_customers("email")) == {customer, other}
