@@ -141,6 +141,8 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
 LOGIN_THROTTLE_ATTEMPTS = int(os.environ.get("RAPPORT_LOGIN_THROTTLE_ATTEMPTS", "5"))
 LOGIN_THROTTLE_WINDOW_SECONDS = int(os.environ.get("RAPPORT_LOGIN_THROTTLE_WINDOW", "900"))
+# How many reverse proxies in front of the web process append to X-Forwarded-For (0: use REMOTE_ADDR).
+TRUSTED_PROXY_COUNT = int(os.environ.get("RAPPORT_TRUSTED_PROXY_COUNT", "0"))
 
 # --- I18n / time --------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
