@@ -75,3 +75,17 @@ class InteractionAdmin(TenantAdmin):
     list_select_related = ["tenant", "customer"]
     raw_id_fields = ["customer", "author"]
     show_full_result_count = False
+
+
+from customers.models import ImportRun  # noqa: E402  (added by the CSV import)
+
+
+@admin.register(ImportRun)
+class ImportRunAdmin(TenantAdmin):
+    list_display = ["original_name", "kind", "status", "mode", "created_count", "updated_count", "error_count",
+                    "created_at", "tenant"]
+    list_filter = ["tenant", "kind", "status", "mode"]
+    search_fields = ["original_name"]
+    list_select_related = ["tenant"]
+    raw_id_fields = ["job", "created_by"]
+    readonly_fields = ["errors", "summary", "header", "mapping", "options"]

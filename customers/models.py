@@ -254,3 +254,62 @@ class MessagingPause(TenantModel):
 
     def __str__(self):
         return f"Paused until {self.paused_until:%Y-%m-%d}"
+
+
+class ImportRun(TenantModel):
+    """One CSV import: the uploaded file, its column mapping and options, and the outcome with its error report."""
+
+    class Kind(models.TextChoices):
+        CUSTOMERS = "customers", "Customers"
+        ORDERS = "orders", "Orders (with or without lines)"
+        CONSENT = "consent", "Consent events"
+
+    class Mode(models.TextChoices):
+        REJECT = "reject", "Reject the whole file if any row has an error"
+        SKIP = "skip", "Import the good rows; download the bad ones"
+
+    class Status(models.TextChoices):
+        UPLOADED = "uploaded", "Waiting for column mapping"
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        IMPORTED = "imported", "Imported"
+        REJECTED = "rejected", "Rejected: nothing imported"
+        FAILED = "failed", "Failed: nothing imported"
+
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.UPLOADED)
+    mode = models.CharField(max_length=10, choices=Mode.choices, default=Mode.REJECT)
+    original_name = models.CharField(max_length=255)
+    stored_path = models.CharField(max_length=500, blank=True, help_text="Relative to MEDIA_ROOT; private.")
+    size = models.PositiveBigIntegerField(default=0)
+    encoding = models.CharField(max_length=20, blank=True)
+    delimiter = models.CharField(max_length=1, default=",")
+    encoding_note = models.TextField(blank=True)
+    line_count = models.PositiveBigIntegerField(default=0)
+    header = models.JSONField(default=list, blank=True)
+    mapping = models.JSONField(default=dict, blank=True, help_text="Column name → field name.")
+    options = models.JSONField(default=dict, blank=True, help_text="default_region, day_first, default_channel.")
+    job = models.ForeignKey("crm_site.BackgroundJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    rows_read = models.PositiveBigIntegerField(default=0)
+    created_count = models.PositiveBigIntegerField(default=0)
+    updated_count = models.PositiveBigIntegerField(default=0)
+    skipped_count = models.PositiveBigIntegerField(default=0)
+    error_count = models.PositiveBigIntegerField(default=0)
+    errors = models.JSONField(default=list, blank=True, help_text="The first errors: line, column, message.")
+    summary = models.JSONField(default=dict, blank=True)
+    error_file = models.CharField(max_length=500, blank=True, help_text="Bad rows with an error column.")
+    fatal_error = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-created_at"])]
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} import of {self.original_name}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.IMPORTED, self.Status.REJECTED, self.Status.FAILED)
