@@ -7,7 +7,7 @@ import factory
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from crm_site.models import Membership, Role, Workspace
+from crm_site.models import BackgroundJob, Invitation, Membership, Role, Workspace
 from crm_site.tenancy import tenant_scope
 from customers.models import Customer, Order, OrderLine, Product
 
@@ -94,3 +94,21 @@ class OrderLineFactory(TenantFactory):
     quantity = 1
     unit_price = Decimal("49.90")
     line_total = Decimal("49.90")
+
+
+class InvitationFactory(TenantFactory):
+    class Meta:
+        model = Invitation
+
+    email = factory.Sequence(lambda n: f"invitee{n}@example.com")
+    role = Role.MARKETER
+
+
+class BackgroundJobFactory(TenantFactory):
+    class Meta:
+        model = BackgroundJob
+
+    kind = "import"
+    state = BackgroundJob.State.RUNNING
+    progress = 10
+    total = 100
