@@ -31,6 +31,7 @@ from django.db.models.functions import Concat, Lower, Trim
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
+from crm_site.tenancy import current_tenant_id
 from customers.models import (
     Channel,
     ConsentEvent,
@@ -227,7 +228,7 @@ def record_consent(
         customer=customer,
         kind=Interaction.Kind.CONSENT,
         occurred_at=event.occurred_at,
-        summary=_summary(event),
+        summary=describe_event(event),
         details={
             "event_id": event.pk,
             "channel": channel,
@@ -242,11 +243,67 @@ def record_consent(
     return event
 
 
-def _summary(event: ConsentEvent) -> str:
+def describe_event(event: ConsentEvent) -> str:
+    """Return the timeline line of a consent event, e.g. 'E-mail consent granted via double opt in'."""
     verb = "granted" if event.action == ConsentEvent.Action.GRANT else "withdrawn"
     purpose = "" if event.purpose == MARKETING else f" ({event.purpose})"
     how = event.method.replace("_", " ")
     return f"{Channel(event.channel).label} consent{purpose} {verb} via {how}"
+
+
+def append_consent_events(events: list[ConsentEvent]) -> list[ConsentEvent]:
+    """Append many unsaved events at once (imports, API batches) and return them saved.
+
+    Writes the events and their timeline entries in two bulk inserts and recomputes the derived opt-in
+    of the customers concerned in one UPDATE. Grants do not lift suppressions here: bulk sources never
+    carry a double opt-in confirmation of their own.
+    """
+    if not events:
+        return []
+    tenant_id = current_tenant_id()
+    for event in events:
+        _check_channel(event.channel)
+        if event.action not in ConsentEvent.Action.values:
+            raise ConsentError(f"Unknown consent action {event.action!r}; expected grant or withdraw.")
+        # bulk_create skips TenantModel.save(), which would otherwise fill these in.
+        event.tenant_id = event.tenant_id or tenant_id
+        event.purpose = event.purpose or MARKETING
+        event.occurred_at = event.occurred_at or timezone.now()
+    saved = ConsentEvent.objects.bulk_create(events)
+    Interaction.objects.bulk_create(
+        [
+            Interaction(
+                tenant_id=event.tenant_id,
+                customer_id=event.customer_id,
+                kind=Interaction.Kind.CONSENT,
+                occurred_at=event.occurred_at,
+                summary=describe_event(event),
+                details={
+                    "event_id": event.pk,
+                    "channel": event.channel,
+                    "purpose": event.purpose,
+                    "action": event.action,
+                    "method": event.method,
+                },
+            )
+            for event in saved
+        ]
+    )
+    recompute_derived_consent({event.customer_id for event in saved})
+    return saved
+
+
+def latest_actions(customer_ids: Iterable[int], purpose: str = MARKETING) -> dict[tuple[int, str], str]:
+    """Return the latest consent action per (customer id, channel) for the customers, in one query."""
+    latest: dict[tuple[int, str], str] = {}
+    rows = (
+        ConsentEvent.objects.filter(customer_id__in=list(customer_ids), purpose=purpose)
+        .order_by("customer_id", "channel", "-occurred_at", "-id")
+        .values_list("customer_id", "channel", "action")
+    )
+    for customer_id, channel, action in rows:
+        latest.setdefault((customer_id, channel), action)
+    return latest
 
 
 def unsubscribe(customer: Customer, channel: str, method: str = "unsubscribe", **details) -> ConsentEvent:

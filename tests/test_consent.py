@@ -178,3 +178,15 @@ def test_a_pause_stops_sending_without_touching_consent(workspace):
         assert consent.resume_messages(customer) is True
         assert consent.has_consent(customer, "email") is True
         assert set(consent.reachable_customers("email")) == {customer, other}
+
+
+def test_bulk_append_writes_events_timeline_and_flags_in_a_few_queries(workspace, django_assert_max_num_queries):
+    customers = [CustomerFactory(tenant=workspace) for _ in range(20)]
+    with tenant_scope(workspace):
+        consent.suppress("email", customers[0].email, "erased")
+        events = [ConsentEvent(customer=c, channel="email", action="grant", method="import") for c in customers]
+        with django_assert_max_num_queries(3):
+            consent.append_consent_events(events)
+        assert Customer.objects.filter(email_opt_in=True).count() == 19
+        assert Interaction.objects.filter(kind="consent").count() == 20
+        assert consent.latest_actions([customers[1].pk]) == {(customers[1].pk, "email"): "grant"}
