@@ -224,13 +224,17 @@ def requires_role(role: str):
 
 
 def view_min_role(view_func, method: str) -> str:
-    """Return the role a request needs: the view's mark, else viewer to read and marketer to write."""
+    """Return the role a request needs: the view's mark, else viewer to read and marketer to write.
+
+    A write (any method but GET/HEAD/OPTIONS) needs at least marketer whatever the mark says, so a viewer
+    can never change anything in a workspace.
+    """
     role = getattr(view_func, "min_role", None)
     if role is None and hasattr(view_func, "view_class"):
         role = getattr(view_func.view_class, "min_role", None)
-    if role is not None:
-        return role
-    return "viewer" if method in ("GET", "HEAD", "OPTIONS") else "marketer"
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return role or "viewer"
+    return max(role or "marketer", "marketer", key=ROLE_RANK.__getitem__)
 
 
 class WorkspaceMiddleware:
@@ -250,7 +254,10 @@ class WorkspaceMiddleware:
         if slug is None:
             if request.path_info.startswith("/admin/") and getattr(request.user, "is_superuser", False):
                 with platform_scope():
-                    return self.get_response(request)
+                    response = self.get_response(request)
+                    if response.status_code >= 500:
+                        transaction.set_rollback(True)
+                    return response
             return self.get_response(request)
         if not request.user.is_authenticated:
             from django.contrib.auth.views import redirect_to_login
@@ -275,4 +282,7 @@ class WorkspaceMiddleware:
             response = self.get_response(request)
             if hasattr(response, "render") and not getattr(response, "is_rendered", True):
                 response.render()
+            if response.status_code >= 500:
+                # The view's exception became a response inside this transaction: undo its half-done writes.
+                transaction.set_rollback(True)
             return response
