@@ -104,6 +104,10 @@ class Campaign(TenantModel):
     kind = models.CharField(max_length=12, choices=Kind.choices, default=Kind.BROADCAST)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.DRAFT)
     priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.BROADCAST)
+    segment = models.ForeignKey(
+        "segments.Segment", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="Who may receive it. A journey with a segment only admits customers who are in it.",
+    )
     trigger = models.CharField(max_length=40, choices=Trigger.choices, blank=True)
     sender = models.ForeignKey(SenderIdentity, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     holdout_percent = models.PositiveSmallIntegerField(
