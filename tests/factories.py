@@ -112,3 +112,40 @@ class BackgroundJobFactory(TenantFactory):
     state = BackgroundJob.State.RUNNING
     progress = 10
     total = 100
+
+
+# --- campaigns ------------------------------------------------------------------------------------
+
+
+class SenderIdentityFactory(TenantFactory):
+    class Meta:
+        model = "campaigns.SenderIdentity"
+
+    name = "Newsletter"
+    from_name = "Acme Coffee"
+    from_email = factory.Sequence(lambda n: f"news{n}@acme.example")
+    reply_to = "hello@acme.example"
+    sms_from = "AcmeCoffee"
+    is_default = True
+
+
+class CampaignFactory(TenantFactory):
+    class Meta:
+        model = "campaigns.Campaign"
+
+    name = factory.Sequence(lambda n: f"Campaign {n}")
+    kind = "broadcast"
+    status = "draft"
+    holdout_percent = 0
+    sender = factory.SubFactory(SenderIdentityFactory, tenant=factory.SelfAttribute("..tenant"))
+
+
+class CampaignStepFactory(TenantFactory):
+    class Meta:
+        model = "campaigns.CampaignStep"
+
+    campaign = factory.SubFactory(CampaignFactory, tenant=factory.SelfAttribute("..tenant"))
+    position = factory.Sequence(lambda n: n + 1)
+    channel = "email"
+    subject = "Hello {{ first_name }}"
+    body = "Hi {{ first_name }}, we have news for you."
