@@ -144,6 +144,13 @@ LOGIN_THROTTLE_WINDOW_SECONDS = int(os.environ.get("RAPPORT_LOGIN_THROTTLE_WINDO
 # How many reverse proxies in front of the web process append to X-Forwarded-For (0: use REMOTE_ADDR).
 TRUSTED_PROXY_COUNT = int(os.environ.get("RAPPORT_TRUSTED_PROXY_COUNT", "0"))
 
+# --- JSON API (/api/v1/) ----------------------------------------------------------------------------
+# Fixed-window rate limit per API key, in the cache above (use Redis when several web processes run).
+API_RATE_LIMIT = int(os.environ.get("RAPPORT_API_RATE_LIMIT", "600"))
+API_RATE_WINDOW_SECONDS = int(os.environ.get("RAPPORT_API_RATE_WINDOW", "60"))
+API_MAX_BODY_BYTES = int(os.environ.get("RAPPORT_API_MAX_BODY_BYTES", str(5 * 1024 * 1024)))
+API_MAX_BATCH = int(os.environ.get("RAPPORT_API_MAX_BATCH", "1000"))
+
 # --- I18n / time --------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

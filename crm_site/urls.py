@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from crm_site import accounts, views
+from customers import api_keys
 
 workspace_patterns = [
     path("", views.dashboard, name="dashboard"),
@@ -9,6 +10,8 @@ workspace_patterns = [
     path("settings/members/", accounts.members, name="members"),
     path("settings/members/<int:membership_id>/", accounts.member_edit, name="member_edit"),
     path("settings/invitations/<int:invitation_id>/revoke/", accounts.invitation_revoke, name="invitation_revoke"),
+    path("settings/api-keys/", api_keys.api_keys, name="api_keys"),
+    path("settings/api-keys/<int:key_id>/revoke/", api_keys.api_key_revoke, name="api_key_revoke"),
     path("jobs/<int:job_id>/", views.job_progress, name="job_progress"),
     path("customers/", include("customers.urls")),
     path("lifecycle/", include("lifecycle.urls")),
@@ -22,6 +25,7 @@ urlpatterns = [
     path("accounts/", include("crm_site.account_urls")),
     path("admin/", admin.site.urls),
     path("w/<slug:workspace_slug>/", include(workspace_patterns)),
+    path("api/v1/", include("customers.api_urls")),
 ]
 
 handler404 = "crm_site.views.page_not_found"
