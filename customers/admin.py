@@ -1,7 +1,20 @@
+"""Django admin for customers, orders, consent, suppressions, the timeline, API keys and imports (superusers only)."""
+
 from django.contrib import admin
 
-from crm_site.admin import TenantAdmin
-from customers.models import ConsentEvent, Customer, Interaction, Order, OrderLine, Product, Suppression
+from crm_site.admin import PlatformAdmin, TenantAdmin, TenantTabularInline
+from customers.models import (
+    ApiKey,
+    ConsentEvent,
+    Customer,
+    ImportRun,
+    Interaction,
+    MessagingPause,
+    Order,
+    OrderLine,
+    Product,
+    Suppression,
+)
 
 
 @admin.register(Customer)
@@ -9,6 +22,7 @@ class CustomerAdmin(TenantAdmin):
     list_display = ["__str__", "email", "phone", "tenant", "email_opt_in", "sms_opt_in", "first_seen_at"]
     list_filter = ["tenant", "email_opt_in", "sms_opt_in"]
     search_fields = ["email", "phone", "first_name", "last_name", "external_id"]
+    readonly_fields = ["email_opt_in", "sms_opt_in"]  # derived from the consent ledger, never edited by hand
     show_full_result_count = False
 
 
@@ -19,11 +33,9 @@ class ProductAdmin(TenantAdmin):
     search_fields = ["name", "sku", "category"]
 
 
-class OrderLineInline(admin.TabularInline):
+class OrderLineInline(TenantTabularInline):
     model = OrderLine
-    extra = 0
     raw_id_fields = ["product"]
-    exclude = ["tenant"]
 
 
 @admin.register(Order)
@@ -55,9 +67,14 @@ class ConsentEventAdmin(TenantAdmin):
     search_fields = ["customer__email", "source"]
     list_select_related = ["tenant", "customer"]
     raw_id_fields = ["customer"]
+    date_hierarchy = "occurred_at"
+    show_full_result_count = False
 
     def has_change_permission(self, request, obj=None):
-        return False  # append-only ledger
+        return False  # append-only ledger: record a new event instead
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Suppression)
@@ -74,10 +91,32 @@ class InteractionAdmin(TenantAdmin):
     search_fields = ["summary", "customer__email"]
     list_select_related = ["tenant", "customer"]
     raw_id_fields = ["customer", "author"]
+    date_hierarchy = "occurred_at"
     show_full_result_count = False
 
 
-from customers.models import ImportRun  # noqa: E402  (added by the CSV import)
+@admin.register(MessagingPause)
+class MessagingPauseAdmin(TenantAdmin):
+    list_display = ["customer", "paused_until", "created_at", "tenant"]
+    list_filter = ["tenant"]
+    search_fields = ["customer__email"]
+    list_select_related = ["tenant", "customer"]
+    raw_id_fields = ["customer"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(PlatformAdmin):
+    list_display = ["name", "prefix", "workspace", "created_by", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["workspace", "revoked_at"]
+    search_fields = ["name", "prefix", "workspace__name"]
+    list_select_related = ["workspace", "created_by"]
+    raw_id_fields = ["created_by"]
+    autocomplete_fields = ["workspace"]
+    # Keys are made (and their secret shown once) in the workspace's settings, never typed in here.
+    readonly_fields = ["prefix", "key_hash", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request):
+        return False
 
 
 @admin.register(ImportRun)

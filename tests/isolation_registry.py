@@ -54,10 +54,32 @@ from django_celery_beat.models import (
     SolarSchedule,
 )
 
+from campaigns.models import (
+    Campaign,
+    CampaignRun,
+    CampaignStep,
+    Message,
+    MessageEvent,
+    RewardCode,
+    SenderIdentity,
+    SendingPolicy,
+)
 from crm_site.models import BackgroundJob, Invitation, Membership, Role, Workspace
 from crm_site.tenancy import tenant_scope
-from customers.models import ConsentEvent, Customer, Interaction, Order, OrderLine, Product, Suppression
+from customers.models import (
+    ApiKey,
+    ConsentEvent,
+    Customer,
+    ImportRun,
+    Interaction,
+    MessagingPause,
+    Order,
+    OrderLine,
+    Product,
+    Suppression,
+)
 from lifecycle.models import CustomerMetrics, LifecycleEvent, LifecyclePolicy
+from segments.models import Segment, SegmentMember
 from tests.factories import (
     BackgroundJobFactory,
     CustomerFactory,
@@ -125,7 +147,9 @@ def make_url_values(url: "WorkspaceUrl", workspace: Workspace) -> dict[str, Any]
 
 
 def make_object(model: type[models.Model], workspace: Workspace) -> models.Model:
-    """Return a new ``model`` object in ``workspace`` made by its registered maker (KeyError if none)."""
+    """Return a new ``model`` object in ``workspace`` made by its registered maker."""
+    if model not in MODEL_MAKERS:
+        raise AssertionError(f"no maker for {model._meta.label}: add one in tests/isolation_registry.py (@makes)")
     return MODEL_MAKERS[model](workspace)
 
 
@@ -172,7 +196,7 @@ def make_crontab(workspace):
 
 @makes(SolarSchedule)
 def make_solar(workspace):
-    return SolarSchedule.objects.create(event="sunrise", latitude=52.52, longitude=13.40)
+    return SolarSchedule.objects.create(event="sunrise", latitude=next(_sequence) % 90, longitude=13.40)
 
 
 @makes(ClockedSchedule)
@@ -251,6 +275,28 @@ def make_interaction(workspace):
     )
 
 
+@makes(MessagingPause)
+def make_messaging_pause(workspace):
+    customer = make_customer(workspace)
+    until = timezone.now() + dt.timedelta(days=30)
+    return _in_scope(workspace, lambda: MessagingPause.objects.create(customer=customer, paused_until=until))
+
+
+@makes(ApiKey)
+def make_api_key(workspace):
+    number = next(_sequence)
+    return ApiKey.objects.create(
+        workspace=workspace, name=f"Shop sync {number}", prefix=f"rk_{number:04d}", key_hash=f"{number:064x}"
+    )
+
+
+@makes(ImportRun)
+def make_import_run(workspace):
+    return _in_scope(
+        workspace, lambda: ImportRun.objects.create(kind="customers", original_name=f"customers-{next(_sequence)}.csv")
+    )
+
+
 # --- lifecycle ---------------------------------------------------------------------------------------
 
 
@@ -274,6 +320,93 @@ def make_lifecycle_event(workspace):
 @makes(LifecyclePolicy)
 def make_lifecycle_policy(workspace):
     return _in_scope(workspace, lambda: LifecyclePolicy.objects.get_or_create(tenant=workspace)[0])
+
+
+# --- segments ----------------------------------------------------------------------------------------
+
+
+@makes(Segment)
+def make_segment(workspace):
+    return _in_scope(workspace, lambda: Segment.objects.create(name=f"Regulars {next(_sequence)}"))
+
+
+@makes(SegmentMember)
+def make_segment_member(workspace):
+    segment, customer = make_segment(workspace), make_customer(workspace)
+    return _in_scope(
+        workspace, lambda: SegmentMember.objects.create(segment=segment, customer=customer, added_at=timezone.now())
+    )
+
+
+# --- campaigns ---------------------------------------------------------------------------------------
+
+
+@makes(SenderIdentity)
+def make_sender(workspace):
+    number = next(_sequence)
+    return _in_scope(
+        workspace,
+        lambda: SenderIdentity.objects.create(
+            name=f"Newsletter {number}", from_name="Acme", from_email=f"news{number}@shop.example"
+        ),
+    )
+
+
+@makes(SendingPolicy)
+def make_sending_policy(workspace):
+    return _in_scope(workspace, lambda: SendingPolicy.objects.get_or_create(tenant=workspace)[0])
+
+
+@makes(Campaign)
+def make_campaign(workspace):
+    return _in_scope(workspace, lambda: Campaign.objects.create(name=f"Spring sale {next(_sequence)}"))
+
+
+@makes(CampaignStep)
+def make_campaign_step(workspace):
+    campaign = make_campaign(workspace)
+    return _in_scope(
+        workspace, lambda: CampaignStep.objects.create(campaign=campaign, subject="Hello", body="Spring is here")
+    )
+
+
+@makes(CampaignRun)
+def make_campaign_run(workspace):
+    campaign = make_campaign(workspace)
+    return _in_scope(workspace, lambda: CampaignRun.objects.create(campaign=campaign, number=1))
+
+
+@makes(Message)
+def make_message(workspace):
+    step, customer = make_campaign_step(workspace), make_customer(workspace)
+    now = timezone.now()
+    return _in_scope(
+        workspace,
+        lambda: Message.objects.create(
+            campaign_id=step.campaign_id, step=step, customer=customer, channel="email",
+            scheduled_for=now, next_attempt_at=now, to_address=customer.email,
+        ),
+    )
+
+
+@makes(MessageEvent)
+def make_message_event(workspace):
+    message = make_message(workspace)
+    return _in_scope(
+        workspace,
+        lambda: MessageEvent.objects.create(
+            message=message, campaign_id=message.campaign_id, customer_id=message.customer_id, kind="opened"
+        ),
+    )
+
+
+@makes(RewardCode)
+def make_reward_code(workspace):
+    campaign, customer = make_campaign(workspace), make_customer(workspace)
+    return _in_scope(
+        workspace,
+        lambda: RewardCode.objects.create(campaign=campaign, customer=customer, code=f"THANKS-{next(_sequence)}"),
+    )
 
 
 # --- URL kwargs under /w/<workspace_slug>/ -----------------------------------------------------------
