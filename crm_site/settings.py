@@ -226,6 +226,24 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
+# --- Campaign sending (campaigns.sending) ---------------------------------------------------------
+# SMS: campaigns.sms.FileSmsBackend (var/sms), ConsoleSmsBackend, or HttpSmsBackend (a provider's REST API).
+RAPPORT_SMS_BACKEND = os.environ.get("RAPPORT_SMS_BACKEND", "campaigns.sms.FileSmsBackend")
+RAPPORT_SMS_FILE_PATH = VAR_DIR / "sms"
+RAPPORT_SMS_HTTP_URL = os.environ.get("RAPPORT_SMS_HTTP_URL", "")
+RAPPORT_SMS_HTTP_TOKEN = os.environ.get("RAPPORT_SMS_HTTP_TOKEN", "")
+RAPPORT_SEND_BATCH_SIZE = int(os.environ.get("RAPPORT_SEND_BATCH_SIZE", "200"))
+# A claimed batch not finished within its lease is re-claimed by another sender (a killed worker).
+RAPPORT_SEND_LEASE_SECONDS = int(os.environ.get("RAPPORT_SEND_LEASE_SECONDS", "120"))
+RAPPORT_SEND_MAX_ATTEMPTS = int(os.environ.get("RAPPORT_SEND_MAX_ATTEMPTS", "6"))
+RAPPORT_SEND_RETRY_BASE_SECONDS = int(os.environ.get("RAPPORT_SEND_RETRY_BASE_SECONDS", "60"))
+# Send tasks run per workspace at once, and how long one keeps claiming batches before handing over.
+RAPPORT_SEND_PARALLELISM = int(os.environ.get("RAPPORT_SEND_PARALLELISM", "2"))
+RAPPORT_SEND_TASK_SECONDS = int(os.environ.get("RAPPORT_SEND_TASK_SECONDS", "50"))
+# How often beat kicks the dispatcher and the senders (send times themselves live in the database).
+RAPPORT_DISPATCH_EVERY_SECONDS = int(os.environ.get("RAPPORT_DISPATCH_EVERY_SECONDS", "60"))
+RAPPORT_SEND_EVERY_SECONDS = int(os.environ.get("RAPPORT_SEND_EVERY_SECONDS", "15"))
+
 # --- Security -----------------------------------------------------------------------------------
 SECURE_CSP = {
     "default-src": [CSP.SELF],
