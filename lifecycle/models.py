@@ -43,7 +43,13 @@ class CustomerMetrics(TenantModel):
     is_reward_due = models.BooleanField(default=False)
     is_reinforce_due = models.BooleanField(default=False)
     reason = models.CharField(max_length=300, blank=True, help_text="Why the customer is in this stage, in words.")
-    computed_at = models.DateTimeField(default=timezone.now)
+    due_rewards = models.JSONField(
+        default=list, blank=True,
+        help_text='Rewards fired and not yet given: [{"rule": key, "occasion": "2025" or "", "label": text}].',
+    )
+    computed_at = models.DateTimeField(
+        default=timezone.now, help_text="When this row last changed; days_since_last_order is as of then."
+    )
 
     class Meta:
         verbose_name_plural = "customer metrics"
@@ -81,17 +87,39 @@ class LifecycleEvent(TenantModel):
         return f"{self.kind}: {self.from_value or '—'} → {self.to_value}"
 
 
+def default_reward_rules() -> list[dict]:
+    """Return the reward rules a new workspace starts with (see lifecycle.rewards for the kinds)."""
+    return [
+        {"key": "vip", "kind": "vip_entry", "label": "Welcome to VIP"},
+        {"key": "fifth_order", "kind": "nth_order", "n": 5, "label": "Fifth order"},
+        {"key": "anniversary", "kind": "anniversary", "window_days": 14, "label": "Anniversary of the first order"},
+    ]
+
+
 class LifecyclePolicy(TenantModel):
     """A workspace's lifecycle thresholds; defaults apply until an admin changes them in Settings."""
 
-    onboarding_days = models.PositiveIntegerField(default=30)
+    onboarding_days = models.PositiveIntegerField(
+        default=30, help_text="Onboarding lasts this many days from the first purchase (or sign-up, without one)."
+    )
     at_risk_gap_multiplier = models.FloatField(default=2.0, help_text="Overdue when days since last order exceed this × usual gap.")
+    at_risk_min_days = models.PositiveIntegerField(
+        default=14, help_text="Never overdue sooner than this many days after the last order, however short the gap."
+    )
     at_risk_p_alive = models.FloatField(default=0.3, help_text="At risk when P(alive) falls below this.")
-    one_time_buyer_at_risk_days = models.PositiveIntegerField(default=90)
-    lapsed_days = models.PositiveIntegerField(default=365)
+    one_time_buyer_at_risk_days = models.PositiveIntegerField(
+        default=90, help_text="A one-time buyer is at risk when the only order is more than this many days ago."
+    )
+    lapsed_days = models.PositiveIntegerField(default=365, help_text="Lapsed after this many days without an order.")
+    lapsed_p_alive = models.FloatField(default=0.1, help_text="Lapsed when P(alive) falls below this.")
     heavy_user_revenue_share = models.FloatField(default=0.8, help_text="Heavy users make up this share of trailing-12-month revenue.")
-    reinforce_window_days = models.PositiveIntegerField(default=7)
-    reward_rules = models.JSONField(default=list, blank=True)
+    reinforce_window_days = models.PositiveIntegerField(
+        default=7, help_text="Reinforce an established customer for this many days after a purchase."
+    )
+    gross_margin_percent = models.FloatField(
+        default=100.0, help_text="Share of revenue kept as margin; customer lifetime values are revenue × this."
+    )
+    reward_rules = models.JSONField(default=default_reward_rules, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -100,3 +128,54 @@ class LifecyclePolicy(TenantModel):
 
     def __str__(self):
         return f"Lifecycle policy of workspace {self.tenant_id}"
+
+
+class RewardGrant(TenantModel):
+    """A reward given to a customer for a rule (and occasion, e.g. the anniversary year); it is then no longer due."""
+
+    customer = models.ForeignKey("customers.Customer", on_delete=models.CASCADE, related_name="reward_grants")
+    rule = models.CharField(max_length=40, help_text="The key of the workspace's reward rule.")
+    occasion = models.CharField(max_length=20, blank=True, help_text="Which firing of a repeating rule, e.g. 2025.")
+    granted_at = models.DateTimeField(default=timezone.now)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "customer", "rule", "occasion"], name="reward_grant_once")
+        ]
+        ordering = ["-granted_at"]
+
+    def __str__(self):
+        return f"{self.rule} {self.occasion}".strip() + f" given to customer {self.customer_id}"
+
+
+class LifecycleRun(TenantModel):
+    """One full lifecycle refresh of a workspace: the fitted model, population cut-offs and what changed.
+
+    Incremental refreshes reuse the latest run's model and cut-offs, so a customer is scored against
+    the same population as everyone else until the next full refresh.
+    """
+
+    class ModelKind(models.TextChoices):
+        BGNBD = "bgnbd", "BG/NBD + Gamma-Gamma"
+        RULES = "rules", "Rule-based (too little data)"
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    model_kind = models.CharField(max_length=20, choices=ModelKind.choices, default=ModelKind.RULES)
+    model_params = models.JSONField(default=dict, blank=True)
+    fallback_reason = models.CharField(max_length=300, blank=True)
+    population = models.JSONField(default=dict, blank=True, help_text="RFM cut-points and the heavy-user threshold.")
+    customers = models.PositiveIntegerField(default=0)
+    repeat_customers = models.PositiveIntegerField(default=0)
+    rows_written = models.PositiveIntegerField(default=0)
+    events_written = models.PositiveIntegerField(default=0)
+    stage_counts = models.JSONField(default=dict, blank=True)
+    seconds = models.FloatField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "-started_at"])]
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self):
+        return f"Lifecycle run of {self.started_at:%Y-%m-%d %H:%M} ({self.model_kind})"
