@@ -28,5 +28,7 @@ urlpatterns = [
     path("api/v1/", include("customers.api_urls")),
 ]
 
+handler400 = "crm_site.views.bad_request"
+handler403 = "crm_site.views.permission_denied"
 handler404 = "crm_site.views.page_not_found"
 handler500 = "crm_site.views.server_error"

@@ -67,10 +67,18 @@ def healthz(request):
     return HttpResponse("ok", content_type="text/plain")
 
 
+def bad_request(request, exception):
+    return render(request, "400.html", status=400)
+
+
+def permission_denied(request, exception):
+    return render(request, "403.html", {"exception": str(exception) if str(exception) else ""}, status=403)
+
+
 def page_not_found(request, exception):
     return render(request, "404.html", status=404)
 
 
 def server_error(request):
-    # No context processors: the error may come from them.
+    # No request context: the error may come from a context processor or the database.
     return HttpResponse(loader.get_template("500.html").render(), status=500)
