@@ -16,7 +16,6 @@ from django.contrib import messages
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
-from django.views.decorators.http import require_POST
 
 from crm_site.tenancy import requires_role
 from customers.models import ApiKey
@@ -90,10 +89,10 @@ def api_keys(request, workspace_slug):
     )
 
 
-@require_POST
 @requires_role("admin")
 def api_key_revoke(request, workspace_slug, key_id):
+    """Revoke a key on POST; a GET (or another workspace's key, a 404) changes nothing."""
     api_key = get_object_or_404(ApiKey, pk=key_id, workspace=request.workspace)
-    if revoke_api_key(api_key):
+    if request.method == "POST" and revoke_api_key(api_key):
         messages.success(request, f"API key “{api_key.name}” revoked. Requests using it now get 403.")
     return redirect("api_keys", workspace_slug=workspace_slug)

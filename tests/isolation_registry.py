@@ -415,6 +415,7 @@ url_kwarg("customer_id", Customer)
 url_kwarg("job_id", BackgroundJob)
 url_kwarg("membership_id", Membership)
 url_kwarg("invitation_id", Invitation)
+url_kwarg("key_id", ApiKey)
 
 
 # --- Enumerating the workspace URLs ------------------------------------------------------------------
