@@ -11,6 +11,7 @@ Semantics shared by every field, which the pandas oracle in the tests re-impleme
   exact complement of its positive twin, so customers with no value (no metrics row yet, no such
   attribute) match the negative operator;
 * a comparison (greater than, before, between…) is false when there is no value;
+* for yes/no fields "no" is the complement of "yes";
 * text comparisons ignore case;
 * "in the last N days" means at or after ``now - N days``; "more than N days ago" before it;
   "before D" means before the start of day D and "after D" from the start of the day after D, both in
@@ -135,6 +136,7 @@ class Field:
     key_placeholder: str = ""
     min_value: float | None = None
     max_value: float | None = None
+    integer: bool = False  # whole numbers only (an integer column would silently truncate 2.5 to 2)
     help_text: str = ""
 
     @property
@@ -225,6 +227,8 @@ def _clean_number(field: Field, value: Any) -> int | float:
         raise RuleValueError(f"{field.label} is never above {field.max_value:g}.")
     if abs(number) >= Decimal("1e12"):
         raise RuleValueError("That number is too large.")
+    if field.integer and number != number.to_integral_value():
+        raise RuleValueError(f"{field.label} is a whole number.")
     return int(number) if number == number.to_integral_value() else float(number)
 
 
@@ -374,6 +378,15 @@ def _column_positive(path: str, operator: str, value: Any, context, text: bool) 
     raise ValueError(f"operator {operator!r} has no column form")  # the registry never offers it
 
 
+def _complement(positive: Q, path: str) -> Q:
+    """NOT ``positive`` for a lookup that is false on NULL, true where the column is NULL.
+
+    Django adds the IS NULL half itself only when it already knows the join is outer; inside an OR it
+    promotes the metrics join later and emits a bare NOT (…), which SQL's NULL logic turns into "no".
+    """
+    return ~positive | Q(**{f"{path}__isnull": True})
+
+
 def column(path: str, *, text: bool = False) -> Callable[[Condition, Any], Q]:
     """Compile function for a field stored in a column (``email``, ``metrics__revenue``…); ``text`` ignores case."""
 
@@ -381,9 +394,11 @@ def column(path: str, *, text: bool = False) -> Callable[[Condition, Any], Q]:
         operator, value = condition.operator, condition.value
         if operator == "is" and value is False and condition.field.type == "bool":
             # "is no" is the complement of "is yes": a customer with no metrics row yet is no heavy user.
-            return ~Q(**{path: True})
+            return _complement(Q(**{path: True}), path)
+        if operator == "is_not_empty":
+            return ~_column_positive(path, "is_empty", value, context, text)
         if operator in NEGATIONS:
-            return ~_column_positive(path, NEGATIONS[operator], value, context, text)
+            return _complement(_column_positive(path, NEGATIONS[operator], value, context, text), path)
         return _column_positive(path, operator, value, context, text)
 
     return compile_column
@@ -436,7 +451,7 @@ def attribute(kind: str) -> Callable[[Condition, Any], Q]:
 
         def positive(operator: str) -> Q:
             if kind == "bool":
-                return definitely(Q(models.lookups.Exact(json_kind, "true" if value else "false")))
+                return definitely(Q(models.lookups.Exact(json_kind, "true")))
             # "Empty" means no value of the attribute's type: missing, null, another type, or "" for text.
             if kind == "text":
                 typed = Case(When(Q(models.lookups.Exact(json_kind, "string")), then=text), output_field=models.TextField())
@@ -465,7 +480,8 @@ def attribute(kind: str) -> Callable[[Condition, Any], Q]:
             raise ValueError(f"operator {operator!r} has no attribute form")
 
         if kind == "bool":
-            return positive("is")
+            # Like every yes/no field, "no" is the complement of "yes" (missing and non-boolean values are "no").
+            return positive("is") if value else ~positive("is")
         if operator in NEGATIONS:
             return ~positive(NEGATIONS[operator])
         return positive(operator)
@@ -582,7 +598,10 @@ def suppressed(channel: str, address_column: str) -> Callable[[Condition, Any], 
 def segment_membership(condition: Condition, context) -> Q:
     """Membership of another segment: its rules inlined (dynamic) or its snapshot (frozen)."""
     member = context.segment_condition(condition.value)
-    return ~member if condition.operator == "not_in" else member
+    if condition.operator == "not_in":
+        # The inlined rules may be NULL for some rows (outer-joined metrics); make them two-valued first.
+        return ~definitely(member)
+    return member
 
 
 # --- The registry -----------------------------------------------------------------------------------
@@ -643,7 +662,7 @@ def _build_registry() -> dict[str, Field]:
               key_label="Attribute name", key_placeholder="birthday"),
         Field("revenue", "Total spent", purchases, "number", NUMBER_OPERATORS, column("metrics__revenue")),
         Field("order_count", "Number of orders", purchases, "number", NUMBER_OPERATORS, column("metrics__order_count"),
-              min_value=0),
+              min_value=0, integer=True),
         Field("average_order_value", "Average order value", purchases, "number", NUMBER_OPERATORS,
               column("metrics__average_order_value")),
         Field("last_order_at", "Last order", purchases, "date", DATE_OPERATORS, column("metrics__last_order_at")),
@@ -661,11 +680,11 @@ def _build_registry() -> dict[str, Field]:
         Field("is_reinforce_due", "Reinforce due", lifecycle, "bool", BOOL_OPERATORS,
               column("metrics__is_reinforce_due")),
         Field("recency_score", "Recency score (1–5)", scores, "number", NUMBER_OPERATORS,
-              column("metrics__recency_score"), min_value=0, max_value=5),
+              column("metrics__recency_score"), min_value=0, max_value=5, integer=True),
         Field("frequency_score", "Frequency score (1–5)", scores, "number", NUMBER_OPERATORS,
-              column("metrics__frequency_score"), min_value=0, max_value=5),
+              column("metrics__frequency_score"), min_value=0, max_value=5, integer=True),
         Field("monetary_score", "Monetary score (1–5)", scores, "number", NUMBER_OPERATORS,
-              column("metrics__monetary_score"), min_value=0, max_value=5),
+              column("metrics__monetary_score"), min_value=0, max_value=5, integer=True),
         Field("rfm_segment", "RFM segment", scores, "choice", CHOICE_OPERATORS, column("metrics__rfm_segment"),
               choices=RFM_SEGMENT_CHOICES),
         Field("predicted_clv_12m", "Predicted value, next 12 months", scores, "number", NUMBER_OPERATORS,
