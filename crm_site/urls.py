@@ -26,6 +26,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("w/<slug:workspace_slug>/", include(workspace_patterns)),
     path("api/v1/", include("customers.api_urls")),
+    path("p/<slug:public_slug>/", include("customers.public_urls")),
 ]
 
 handler400 = "crm_site.views.bad_request"
