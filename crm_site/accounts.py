@@ -49,6 +49,20 @@ def _throttle_keys(address: str, username: str) -> list[tuple[str, int]]:
     return [(f"login-attempts:addr:{address}", limit), (f"login-attempts:user:{user_digest}", limit * USERNAME_ATTEMPTS_FACTOR)]
 
 
+def _count_attempt(key: str, limit: int) -> bool:
+    """Count one attempt under ``key`` and return whether it is within ``limit`` for the throttle window."""
+    window = settings.LOGIN_THROTTLE_WINDOW_SECONDS
+    cache.add(key, 0, window)
+    try:
+        attempts = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        cache.set(key, 1, window)
+        attempts = 1
+    # Some backends reset the expiry on incr; the window runs from the latest attempt on all of them.
+    cache.touch(key, window)
+    return attempts <= limit
+
+
 def register_login_attempt(address: str, username: str) -> bool:
     """Count one sign-in attempt and return whether it may go ahead.
 
@@ -56,19 +70,18 @@ def register_login_attempt(address: str, username: str) -> bool:
     and refused attempts count too: hammering keeps the door shut until the window passes quietly.
     A successful sign-in clears the counts (``clear_login_attempts``).
     """
-    window = settings.LOGIN_THROTTLE_WINDOW_SECONDS
-    allowed = True
-    for key, limit in _throttle_keys(address, username):
-        cache.add(key, 0, window)
-        try:
-            attempts = cache.incr(key)
-        except ValueError:  # expired between add and incr
-            cache.set(key, 1, window)
-            attempts = 1
-        # Some backends reset the expiry on incr; the window runs from the latest attempt on all of them.
-        cache.touch(key, window)
-        allowed = allowed and attempts <= limit
-    return allowed
+    results = [_count_attempt(key, limit) for key, limit in _throttle_keys(address, username)]
+    return all(results)
+
+
+def register_password_reset_request(address: str) -> bool:
+    """Count one password-reset request from an address and return whether to send the mail."""
+    return _count_attempt(f"reset-requests:addr:{address}", settings.LOGIN_THROTTLE_ATTEMPTS)
+
+
+def _throttled_message(action: str) -> str:
+    minutes = max(1, round(settings.LOGIN_THROTTLE_WINDOW_SECONDS / 60))
+    return f"{action} is paused for {minutes} minute{'s' if minutes != 1 else ''}"
 
 
 def clear_login_attempts(address: str, username: str) -> None:
@@ -86,21 +99,29 @@ class ThrottledLoginView(auth_views.LoginView):
         username = request.POST.get("username", "")
         if not register_login_attempt(client_address(request), username):
             # The password is not even checked: a right one must not reveal itself while throttled.
-            minutes = max(1, round(settings.LOGIN_THROTTLE_WINDOW_SECONDS / 60))
             form = self.get_form_class()(request, initial={"username": username})
-            context = self.get_context_data(
-                form=form,
-                throttled_message=(
-                    f"Too many failed sign-in attempts. Sign-in is paused for {minutes} minute"
-                    f"{'s' if minutes != 1 else ''}; try again later or reset your password."
-                ),
-            )
+            message = f"Too many failed sign-in attempts. {_throttled_message('Sign-in')}; try again later or reset your password."
+            context = self.get_context_data(form=form, throttled_message=message)
             return self.render_to_response(context, status=429)
         return super().post(request, *args, **kwargs)
 
     def form_valid(self, form):
         clear_login_attempts(client_address(self.request), self.request.POST.get("username", ""))
         return super().form_valid(form)
+
+
+class ThrottledPasswordResetView(auth_views.PasswordResetView):
+    """Django's password reset, sending at most a few mails per address and window (no mail bombing)."""
+
+    email_template_name = "registration/password_reset_email.txt"
+    subject_template_name = "registration/password_reset_subject.txt"
+
+    def post(self, request, *args, **kwargs):
+        if not register_password_reset_request(client_address(request)):
+            message = f"Too many reset requests. {_throttled_message('Sending reset links')}; check your inbox."
+            context = self.get_context_data(form=self.get_form_class()(), throttled_message=message)
+            return self.render_to_response(context, status=429)
+        return super().post(request, *args, **kwargs)
 
 
 # --- Members and invitations ------------------------------------------------------------------

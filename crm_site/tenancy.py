@@ -277,7 +277,8 @@ class WorkspaceMiddleware:
             raise PermissionDenied(f"This needs the {needed} role.")
         request.workspace = membership.workspace
         request.membership = membership
-        request.session["last_workspace"] = slug
+        if request.session.get("last_workspace") != slug:  # unchanged sessions are not written back
+            request.session["last_workspace"] = slug
         with tenant_scope(membership.workspace):
             response = self.get_response(request)
             if hasattr(response, "render") and not getattr(response, "is_rendered", True):

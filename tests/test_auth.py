@@ -203,6 +203,16 @@ def test_behind_a_trusted_proxy_the_forwarded_address_is_the_client(client, thro
     )
 
 
+def test_password_reset_mails_are_limited_per_address(client, throttle, mailoutbox):
+    UserFactory(email="ivy@example.com")
+    for _ in range(3):
+        client.post("/accounts/password-reset/", {"email": "ivy@example.com"}, REMOTE_ADDR="10.0.0.5")
+    response = client.post("/accounts/password-reset/", {"email": "ivy@example.com"}, REMOTE_ADDR="10.0.0.5")
+    assert response.status_code == 429
+    assert b"Too many reset requests" in response.content
+    assert len(mailoutbox) == 3
+
+
 # --- Workspace switcher ------------------------------------------------------------------------------
 
 
