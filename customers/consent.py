@@ -139,7 +139,7 @@ def suppress(channel: str, address: str, reason: str, note: str = "") -> Suppres
         suppression.reason = reason
         suppression.note = note[:200] or suppression.note
         suppression.save(update_fields=["reason", "note"])
-    recompute_derived_consent(_customers_with_address(channel, canonical))
+    recompute_derived_consent(_customers_with_address(channel, canonical, address))
     return suppression
 
 
@@ -155,7 +155,7 @@ def lift_suppression(channel: str, address: str, *, by_admin: bool = False) -> b
     if not by_admin and suppression.reason not in SELF_SERVICE_LIFTABLE:
         return False
     suppression.delete()
-    recompute_derived_consent(_customers_with_address(channel, canonical_address(channel, address)))
+    recompute_derived_consent(_customers_with_address(channel, canonical_address(channel, address), address))
     return True
 
 
@@ -174,11 +174,12 @@ def suppressions_for(customer: Customer) -> list[Suppression]:
     return list(Suppression.objects.filter(condition).order_by("channel"))
 
 
-def _customers_with_address(channel: str, canonical: str) -> list[int]:
+def _customers_with_address(channel: str, canonical: str, *as_given: str) -> list[int]:
+    # Stored addresses are normalised on the way in (import, API, forms), so an exact match on the indexed
+    # column finds them; the address as given also covers a stored value in another spelling.
     field = ADDRESS_FIELD[channel]
-    return list(
-        Customer.objects.annotate(_address=Lower(Trim(field))).filter(_address=canonical).values_list("pk", flat=True)
-    )
+    candidates = {canonical, *(value.strip() for value in as_given if value and value.strip())}
+    return list(Customer.objects.filter(**{f"{field}__in": candidates}).values_list("pk", flat=True))
 
 
 # --- The ledger ----------------------------------------------------------------------------------
