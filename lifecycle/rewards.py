@@ -1,0 +1,172 @@
+"""Reward rules of a workspace: when a reward is due, and recording that it was given.
+
+A rule is a small dict kept in ``LifecyclePolicy.reward_rules``:
+
+* ``{"key": "vip", "kind": "vip_entry"}``: the customer became a heavy user.
+* ``{"key": "fifth_order", "kind": "nth_order", "n": 5}``: the customer has placed at least n orders.
+* ``{"key": "big_spender", "kind": "spend_threshold", "amount": 500}``: lifetime net spend reached the amount.
+* ``{"key": "anniversary", "kind": "anniversary", "window_days": 14}``: a yearly anniversary of the first
+  order (in the customer's time zone) was fewer than ``window_days`` days ago. A first order on 29 February
+  has its anniversary on 28 February in common years. Each year is its own occasion ("2025").
+
+Each rule may carry a ``label`` shown to marketers. A reward stays due until campaigns (or a person) call
+``mark_reward_given``; the other rules are given once per customer, anniversaries once per year.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+RULE_KINDS = {
+    "vip_entry": "Becomes a heavy user (VIP)",
+    "nth_order": "Places the n-th order",
+    "spend_threshold": "Total spend reaches an amount",
+    "anniversary": "Anniversary of the first order",
+}
+_KEY = re.compile(r"^[a-z0-9_]{1,40}$")
+
+
+class RewardRuleError(ValueError):
+    """A reward rule is malformed; the message says which and why."""
+
+
+def validate_reward_rules(rules) -> list[dict]:
+    """Return the rules normalised (types coerced, defaults filled); raise RewardRuleError naming the bad one."""
+    if not isinstance(rules, list):
+        raise RewardRuleError("reward rules must be a list")
+    normalised, keys = [], set()
+    for position, rule in enumerate(rules, start=1):
+        if not isinstance(rule, dict):
+            raise RewardRuleError(f"rule {position} is not an object")
+        kind, key = rule.get("kind"), str(rule.get("key") or "").strip()
+        if kind not in RULE_KINDS:
+            raise RewardRuleError(f"rule {position}: unknown kind {kind!r}")
+        if not _KEY.match(key):
+            raise RewardRuleError(f"rule {position}: the key must be 1-40 lowercase letters, digits or _")
+        if key in keys:
+            raise RewardRuleError(f"rule {position}: the key {key!r} is used twice")
+        keys.add(key)
+        clean = {"key": key, "kind": kind, "label": str(rule.get("label") or RULE_KINDS[kind])[:80]}
+        try:
+            if kind == "nth_order":
+                clean["n"] = int(rule.get("n"))
+                if clean["n"] < 1:
+                    raise ValueError
+            elif kind == "spend_threshold":
+                clean["amount"] = float(rule.get("amount"))
+                if not clean["amount"] > 0:
+                    raise ValueError
+            elif kind == "anniversary":
+                clean["window_days"] = int(rule.get("window_days", 14))
+                if not 1 <= clean["window_days"] <= 366:
+                    raise ValueError
+        except (TypeError, ValueError):
+            raise RewardRuleError(f"rule {position} ({key}): needs a positive number "
+                                  f"({'n' if kind == 'nth_order' else 'amount' if kind == 'spend_threshold' else 'window_days 1-366'})") from None
+        normalised.append(clean)
+    return normalised
+
+
+def last_anniversary(first_local: pd.Series, today_local: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Return, per customer, the latest anniversary date of the first order on or before today (NaT before the
+    first one) and how many years it marks. 29 February falls on 28 February in common years.
+    """
+    valid = first_local.notna() & today_local.notna()
+    first = first_local[valid]
+    today = today_local[valid]
+    month, day = first.dt.month.to_numpy(), first.dt.day.to_numpy()
+
+    def on(years: np.ndarray) -> pd.Series:
+        leap = (years % 4 == 0) & ((years % 100 != 0) | (years % 400 == 0))
+        days = np.where((month == 2) & (day == 29) & ~leap, 28, day)
+        return pd.to_datetime(pd.DataFrame({"year": years, "month": month, "day": days}, index=first.index))
+
+    this_year = today.dt.year.to_numpy()
+    candidate = on(this_year)
+    earlier = candidate > today
+    candidate[earlier] = on(this_year - 1)[earlier]
+    years = candidate.dt.year - first.dt.year
+    dates = pd.Series(pd.NaT, index=first_local.index, dtype="datetime64[us]")
+    counts = pd.Series(0, index=first_local.index, dtype="int64")
+    dates[valid] = candidate.astype("datetime64[us]")
+    counts[valid] = years.to_numpy()
+    return dates, counts
+
+
+def due_rewards(frame: pd.DataFrame, rules: list[dict], given: pd.DataFrame | None) -> pd.Series:
+    """Return per customer the list of rewards due and not yet given: [{"rule", "occasion", "label"}]."""
+    result = pd.Series([[] for _ in range(len(frame))], index=frame.index, dtype="object")
+    if not rules or frame.empty:
+        return result
+    given_keys = set()
+    if given is not None and len(given):
+        given_keys = set(zip(given["customer_id"].astype(int), given["rule"], given["occasion"].fillna("")))
+    anniversary = None
+    for rule in rules:
+        kind = rule.get("kind")
+        occasion = pd.Series("", index=frame.index, dtype="object")
+        if kind == "vip_entry":
+            fired = frame["is_heavy_user"].astype(bool)
+        elif kind == "nth_order":
+            fired = frame["order_count"] >= int(rule["n"])
+        elif kind == "spend_threshold":
+            fired = frame["revenue"] >= float(rule["amount"])
+        elif kind == "anniversary":
+            if anniversary is None:
+                anniversary = last_anniversary(frame["first_order_local"], frame["today_local"])
+            dates, years = anniversary
+            since = (frame["today_local"] - dates).dt.days
+            fired = (years >= 1) & (since < int(rule.get("window_days", 14))) & (frame["order_count"] > 0)
+            occasion = dates.dt.year.astype("Int64").astype("string").fillna("")
+        else:
+            continue
+        fired = fired.fillna(False).astype(bool)
+        label = rule.get("label") or RULE_KINDS.get(kind, kind)
+        # Only the (few) customers for whom the rule fired are looked at one by one.
+        for index in fired[fired].index:
+            customer_id = int(frame.at[index, "customer_id"])
+            when = str(occasion.at[index])
+            if (customer_id, rule["key"], when) not in given_keys:
+                result.at[index] = [*result.at[index], {"rule": rule["key"], "occasion": when, "label": label}]
+    return result
+
+
+def mark_reward_given(customer, rule: str, occasion: str = "", note: str = "") -> bool:
+    """Record that ``customer`` got the reward of ``rule`` (and occasion); return False if it was already given.
+
+    The customer's metrics row stops listing the reward at once, and a ``reward_given`` lifecycle event
+    records it. Call inside the customer's workspace scope.
+    """
+    from lifecycle.models import CustomerMetrics, LifecycleEvent, RewardGrant
+
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                RewardGrant.objects.create(customer=customer, rule=rule, occasion=occasion or "", note=note[:200])
+        except IntegrityError:
+            return False
+        metrics = CustomerMetrics.objects.select_for_update().filter(customer=customer).first()
+        label = rule
+        if metrics is not None:
+            remaining = []
+            for reward in metrics.due_rewards or []:
+                if reward.get("rule") == rule and (reward.get("occasion") or "") == (occasion or ""):
+                    label = reward.get("label") or rule
+                else:
+                    remaining.append(reward)
+            was_due = metrics.is_reward_due
+            metrics.due_rewards = remaining
+            metrics.is_reward_due = bool(remaining)
+            metrics.computed_at = timezone.now()
+            metrics.save(update_fields=["due_rewards", "is_reward_due", "computed_at"])
+            if was_due and not remaining:
+                LifecycleEvent.objects.create(customer=customer, kind="reward_due", from_value="on", to_value="off",
+                                              reason=f"reward given: {label}")
+        LifecycleEvent.objects.create(customer=customer, kind="reward_given", from_value="",
+                                      to_value=rule[:30], reason=f"{label}{' ' + occasion if occasion else ''}"[:300])
+    return True

@@ -1,0 +1,136 @@
+"""Stages and flags from per-customer metrics, with the reason a marketer reads.
+
+The rules, in order (days are whole days in the customer's own time zone; ``policy`` holds each number):
+
+* **prospect**: no purchase, signed up ``onboarding_days`` or more days ago.
+* **onboarding**: no purchase and signed up fewer than ``onboarding_days`` ago, or the first purchase was
+  fewer than ``onboarding_days`` ago (day 0 is the day of the first order).
+* **lapsed**: no order for ``lapsed_days`` or more, or P(alive) below ``lapsed_p_alive``.
+* **at_risk**: overdue against the customer's own rhythm: more days since the last order than
+  ``at_risk_gap_multiplier`` × the usual gap (and more than ``at_risk_min_days``); or P(alive) below
+  ``at_risk_p_alive``; or, for a one-time buyer, more than ``one_time_buyer_at_risk_days`` since the order.
+* **active**: everyone else who bought.
+
+Flags: **heavy_user** (trailing-12-month revenue at or above the threshold that makes the top customers
+add up to ``heavy_user_revenue_share`` of it), **reward_due** (lifecycle.rewards) and **reinforce_due**
+(an established customer, with at least two orders and past onboarding, ordered fewer than
+``reinforce_window_days`` ago).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from lifecycle import rewards
+from lifecycle.metrics import add_calendar_days
+from lifecycle.models import Stage
+
+_UNSET = object()
+
+
+def heavy_user_threshold(trailing_revenue: pd.Series, share: float) -> float | None:
+    """Return the smallest trailing revenue among the top customers who together make ``share`` of all
+    trailing revenue (the Pareto cut), or None when nobody has any.
+    """
+    values = np.sort(trailing_revenue.to_numpy(dtype=float))[::-1]
+    values = values[values > 0]
+    if not len(values):
+        return None
+    cumulative = np.cumsum(values)
+    position = int(np.searchsorted(cumulative, min(max(share, 0.0), 1.0) * cumulative[-1] - 1e-9, side="left"))
+    return float(values[min(position, len(values) - 1)])
+
+
+def _day_text(values: pd.Series) -> pd.Series:
+    """Return "1 day" / "N days" per value (rounded), empty where there is none; vectorised for big frames."""
+    numbers = pd.to_numeric(values).round().astype("Int64")
+    text = (numbers.astype("string") + " days").where(~(numbers == 1).fillna(False), "1 day")
+    return text.fillna("").astype(object)
+
+
+def _p_alive_text(frame: pd.DataFrame) -> pd.Series:
+    text = pd.Series("", index=frame.index, dtype=object)
+    known = frame["p_alive"].notna()
+    if known.any():
+        text[known] = "; P(alive) " + frame.loc[known, "p_alive"].map("{:.2f}".format)
+    return text
+
+
+def classify(metrics: pd.DataFrame, policy, now: dt.datetime, *, heavy_threshold=_UNSET,
+             given_rewards: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Return the metrics frame with ``stage``, ``reason``, ``is_heavy_user``, ``is_reward_due``, ``due_rewards``
+    and ``is_reinforce_due`` per customer, as of ``now``.
+
+    ``metrics`` needs per customer: time_zone, signed_up_at, first_order_at, last_order_at (UTC), order_count,
+    revenue, trailing_revenue_12m, usual_gap_days and p_alive (NaN under rule-based metrics).
+    ``heavy_threshold`` is the population's Pareto cut (computed from this frame when not given);
+    ``given_rewards`` holds the rewards already given (customer_id, rule, occasion).
+    """
+    frame = add_calendar_days(metrics, now)
+    count = frame["order_count"]
+    since_last = frame["days_since_last_order"]
+    since_first = frame["days_since_first_order"]
+    since_signup = frame["days_since_signup"]
+    gap = frame["usual_gap_days"]
+    p_alive = frame["p_alive"]
+    has_p = p_alive.notna()
+
+    no_purchase = count <= 0
+    new_signup = no_purchase & (since_signup < policy.onboarding_days)
+    lapsed_by_days = ~no_purchase & (since_last >= policy.lapsed_days)
+    lapsed_by_model = ~no_purchase & has_p & (p_alive < policy.lapsed_p_alive)
+    onboarding = ~no_purchase & (since_first < policy.onboarding_days)
+    repeat = ~no_purchase & gap.notna() & (count > 1)
+    overdue_after = np.maximum(policy.at_risk_gap_multiplier * gap, policy.at_risk_min_days)
+    overdue = repeat & (since_last > overdue_after)
+    unlikely_alive = ~no_purchase & has_p & (p_alive < policy.at_risk_p_alive)
+    one_time_overdue = ~no_purchase & ~repeat & (since_last > policy.one_time_buyer_at_risk_days)
+
+    stage = np.select(
+        [no_purchase & new_signup, no_purchase, lapsed_by_days | lapsed_by_model, onboarding,
+         overdue | unlikely_alive | one_time_overdue],
+        [Stage.ONBOARDING.value, Stage.PROSPECT.value, Stage.LAPSED.value, Stage.ONBOARDING.value,
+         Stage.AT_RISK.value],
+        default=Stage.ACTIVE.value,
+    )
+    frame["stage"] = stage
+    frame["reason"] = _reasons(frame)
+
+    threshold = heavy_user_threshold(frame["trailing_revenue_12m"], policy.heavy_user_revenue_share) \
+        if heavy_threshold is _UNSET else heavy_threshold
+    frame["is_heavy_user"] = (
+        (frame["trailing_revenue_12m"] >= threshold) & (frame["trailing_revenue_12m"] > 0)
+        if threshold is not None else False
+    )
+    frame["is_reinforce_due"] = (
+        (count >= 2) & (frame["stage"] != Stage.ONBOARDING.value) & (since_last < policy.reinforce_window_days)
+    ).fillna(False).astype(bool)
+    frame["due_rewards"] = rewards.due_rewards(frame, policy.reward_rules or [], given_rewards)
+    frame["is_reward_due"] = frame["due_rewards"].map(bool)
+    return frame
+
+
+def _reasons(frame: pd.DataFrame) -> pd.Series:
+    """Return the sentence behind each customer's stage, e.g. "last order 94 days ago; usual gap 30 days"."""
+    reasons = pd.Series("", index=frame.index, dtype=object)
+    stage = frame["stage"]
+    count = frame["order_count"]
+    orders = pd.Series(np.where(count == 1, "1 order", count.astype(str) + " orders"), index=frame.index)
+    rhythm = pd.Series(np.where(frame["usual_gap_days"].notna() & (count > 1),
+                                "; usual gap " + _day_text(frame["usual_gap_days"]), "; only one order"),
+                       index=frame.index)
+    since_signup = _day_text(frame["days_since_signup"])
+
+    prospect = stage == Stage.PROSPECT.value
+    reasons[prospect] = "no purchase in " + since_signup[prospect] + " since sign-up"
+    signup = (stage == Stage.ONBOARDING.value) & (count <= 0)
+    reasons[signup] = "signed up " + since_signup[signup] + " ago; no purchase yet"
+    first = (stage == Stage.ONBOARDING.value) & (count > 0)
+    reasons[first] = "first purchase " + _day_text(frame.loc[first, "days_since_first_order"]) + " ago; " + orders[first]
+    rest = stage.isin([Stage.ACTIVE.value, Stage.AT_RISK.value, Stage.LAPSED.value])
+    reasons[rest] = ("last order " + _day_text(frame.loc[rest, "days_since_last_order"]) + " ago"
+                     + rhythm[rest] + _p_alive_text(frame.loc[rest]))
+    return reasons.str.slice(0, 300)
