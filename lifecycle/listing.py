@@ -1,0 +1,90 @@
+"""What lifecycle adds to the customer list and page: stage, spend and last order, read from CustomerMetrics.
+
+``customers`` cannot import lifecycle, so lifecycle registers its filters, sorts, columns and the customer-page
+panel in the customer list registry (``customers.listing``) when the app is ready. Spend and last order come
+from the denormalised, indexed metrics row, never from aggregating orders per request.
+"""
+
+from django.db.models import F
+
+from crm_site.tenancy import current_tenant_id
+from customers import listing
+from lifecycle.models import CustomerMetrics, LifecycleEvent, Stage
+
+RECENT_EVENTS_SHOWN = 10
+_STAGE_LABELS = dict(Stage.choices)
+
+
+def with_metrics_in_scope(queryset):
+    """Return ``queryset`` joined to metrics rows of the workspace in scope (so their tenant-led indexes apply)."""
+    return queryset.filter(metrics__tenant_id=current_tenant_id())
+
+
+def _filter_stage(queryset, stage):
+    return with_metrics_in_scope(queryset).filter(metrics__stage=stage)
+
+
+def _filter_spend(queryset, low, high):
+    queryset = with_metrics_in_scope(queryset)
+    if low is not None:
+        queryset = queryset.filter(metrics__revenue__gte=low)
+    if high is not None:
+        queryset = queryset.filter(metrics__revenue__lte=high)
+    return queryset
+
+
+def _filter_last_order(queryset, low, high):
+    queryset = with_metrics_in_scope(queryset)
+    if low is not None:
+        queryset = queryset.filter(metrics__last_order_at__gte=listing.start_of_day(low))
+    if high is not None:
+        queryset = queryset.filter(metrics__last_order_at__lte=listing.end_of_day(high))
+    return queryset
+
+
+def _annotate_metrics(queryset):
+    return queryset.annotate(
+        metrics_stage=F("metrics__stage"), metrics_revenue=F("metrics__revenue"),
+        metrics_last_order_at=F("metrics__last_order_at"),
+    )
+
+
+def _stage_text(customer):
+    return _STAGE_LABELS.get(customer.metrics_stage, "not computed yet") if customer.metrics_stage else "not computed yet"
+
+
+def _spend_text(customer):
+    return "—" if customer.metrics_revenue is None else f"{customer.metrics_revenue:,.2f}"
+
+
+def _last_order_text(customer):
+    return listing.format_date(customer.metrics_last_order_at) or "—"
+
+
+def customer_panel_context(customer) -> dict:
+    """Return the lifecycle panel's context: the customer's metrics row (None until computed) and recent events."""
+    return {
+        "metrics": CustomerMetrics.objects.filter(customer=customer).first(),
+        "events": list(LifecycleEvent.objects.filter(customer=customer).order_by("-occurred_at", "-id")
+                       [:RECENT_EVENTS_SHOWN]),
+    }
+
+
+def register() -> None:
+    """Register lifecycle's filters, sorts, columns and panel in the customer list registry (idempotent)."""
+    listing.register_choice_filter("stage", "Stage", Stage.choices, _filter_stage, order=10)
+    listing.register_range_filter("spend", "Total spend", "number", _filter_spend, order=30)
+    listing.register_range_filter("last_order", "Last order", "date", _filter_last_order, order=40)
+    # The metrics row's own customer id breaks ties, so one index on (tenant, revenue, customer) can walk it.
+    listing.register_sort(listing.ListSort("spend", "Total spend", ("metrics__revenue", "metrics__customer_id"),
+                                           descending=True, nullable=True, scope=with_metrics_in_scope, order=30))
+    listing.register_sort(listing.ListSort("last_order", "Last order",
+                                           ("metrics__last_order_at", "metrics__customer_id"),
+                                           descending=True, nullable=True, scope=with_metrics_in_scope, order=40))
+    listing.register_column(listing.ListColumn("stage", "Stage", _stage_text, annotate=_annotate_metrics, order=5))
+    listing.register_column(listing.ListColumn("spend", "Total spend", _spend_text, annotate=_annotate_metrics,
+                                               sort="spend", numeric=True, order=40))
+    listing.register_column(listing.ListColumn("last_order", "Last order", _last_order_text,
+                                               annotate=_annotate_metrics, sort="last_order", order=50))
+    listing.register_detail_panel(listing.DetailPanel("lifecycle", "Lifecycle", "lifecycle/customer_panel.html",
+                                                      customer_panel_context, order=10))
