@@ -147,3 +147,14 @@ def test_a_forbidden_action_shows_the_403_page_with_the_reason(crashing_site, me
     assert response.status_code == 403
     assert b"Not allowed" in response.content
     assert b"This needs the marketer role." in response.content
+
+
+@pytest.mark.django_db
+def test_a_form_without_its_csrf_token_gets_a_plain_explanation(member_client):
+    member = member_client(Role.ADMIN)
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(member.user)
+    response = strict.post("/w/acme/settings/", {"name": "Hijacked"})
+    assert response.status_code == 403
+    assert b"This form expired" in response.content
+    assert b"Back to your dashboard" in response.content
