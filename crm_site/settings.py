@@ -243,6 +243,12 @@ RAPPORT_SEND_TASK_SECONDS = int(os.environ.get("RAPPORT_SEND_TASK_SECONDS", "50"
 # How often beat kicks the dispatcher and the senders (send times themselves live in the database).
 RAPPORT_DISPATCH_EVERY_SECONDS = int(os.environ.get("RAPPORT_DISPATCH_EVERY_SECONDS", "60"))
 RAPPORT_SEND_EVERY_SECONDS = int(os.environ.get("RAPPORT_SEND_EVERY_SECONDS", "15"))
+# django-anymail: ESP settings come from the environment (ANYMAIL_* ), e.g. EMAIL_BACKEND=anymail.backends.postmark.EmailBackend.
+# Its tracking/inbound webhooks (/anymail/...) are mounted only with a basic-auth secret ("user:password").
+ANYMAIL = {"WEBHOOK_SECRET": os.environ.get("ANYMAIL_WEBHOOK_SECRET") or ("rapport:test-webhook" if TESTING else "")}
+for _name, _value in os.environ.items():
+    if _name.startswith("ANYMAIL_") and _name != "ANYMAIL_WEBHOOK_SECRET":
+        ANYMAIL[_name.removeprefix("ANYMAIL_")] = _value
 
 # --- Security -----------------------------------------------------------------------------------
 SECURE_CSP = {

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path
 
@@ -27,9 +28,13 @@ urlpatterns = [
     path("accounts/", include("crm_site.account_urls")),
     path("admin/", admin.site.urls),
     path("w/<slug:workspace_slug>/", include(workspace_patterns)),
+    path("", include("campaigns.public_urls")),  # tracked links, open pixel, inbound webhooks
     path("api/v1/", include("customers.api_urls")),
     path("p/<slug:public_slug>/", include("customers.public_urls")),
 ]
+
+if settings.ANYMAIL.get("WEBHOOK_SECRET"):  # ESP tracking and inbound webhooks, only behind basic auth
+    urlpatterns.append(path("anymail/", include("anymail.urls")))
 
 handler400 = "crm_site.views.bad_request"
 handler403 = "crm_site.views.permission_denied"

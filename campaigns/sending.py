@@ -1,0 +1,410 @@
+"""The sender: claims due outbox messages in batches, re-checks consent, delivers them, records the outcome.
+
+Exactly once, as far as it can be had
+-------------------------------------
+A batch is claimed in one short transaction (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
+parallel senders never take the same rows; on SQLite the write lock serialises claims): the rows become
+``sending`` with a lease (owner + expiry) and one more attempt. Each message is then delivered and
+marked ``sent`` in its own commit right after the server accepted it. A sender that dies leaves its
+rows ``sending``; when the lease expires another sender claims them again, so nothing is lost.
+
+The one window that cannot be closed: the SMTP server (or ESP) accepted a message and the worker died
+before the ``sent`` commit (microseconds on a healthy database). That message is sent again after the
+lease expires. It carries the same ``Message-ID`` (derived from the outbox row) and, for ESPs, the
+same metadata, so a receiver or ESP that deduplicates drops it; the tests count such repeats and they
+are bounded by the number of crashes. A sender that is merely slow never overlaps another: it stops
+before its lease runs out and hands the rest of its batch back.
+
+``sent`` marks are committed with ``synchronous_commit = off``: a worker crash cannot lose them (the
+database has them), a crash of PostgreSQL itself may lose the last fraction of a second of marks, whose
+messages would then be sent a second time, never lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import smtplib
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.mail import get_connection
+from django.db import connection
+from django.db.models import CharField, Exists, F, OuterRef, Q, Value
+from django.db.models.functions import Concat, JSONObject
+from django.utils import timezone
+
+from campaigns.composing import Workspace as ComposeWorkspace
+from campaigns.composing import compose_email, compose_sms
+from campaigns.models import Campaign, Message, MessageEvent
+from campaigns.outbox import defer_for_quiet_hours, insert_from_select
+from campaigns.personalization import Recipient, build_contexts, template_variables
+from campaigns.rendering import RenderError
+from campaigns.sms import SmsMessage, SmsPermanentError, SmsTemporaryError, get_sms_backend
+from crm_site.models import Workspace
+from crm_site.tenancy import current_tenant_id, tenant_transaction
+from customers.consent import reachable_customers
+from customers.models import Channel, Interaction
+
+log = logging.getLogger(__name__)
+
+RETRY_CAP = dt.timedelta(hours=6)
+# Stop starting new messages this long before the lease ends, so no other sender can overlap.
+LEASE_SAFETY = dt.timedelta(seconds=5)
+CLAIMABLE_CAMPAIGN_STATUSES = (Campaign.Status.SCHEDULED, Campaign.Status.SENDING)
+
+
+@dataclass
+class SendOutcome:
+    """What a sender did: counts per outcome."""
+
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    suppressed: int = 0
+    released: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: SendOutcome) -> None:
+        for name in ("claimed", "sent", "retried", "failed", "suppressed", "released"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.errors.extend(other.errors[:5])
+
+
+def new_lease_owner() -> str:
+    """Return a unique name for one claim: host, process and a random part."""
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def retry_delay(attempts: int) -> dt.timedelta:
+    """Return the wait before the next attempt: exponential backoff with jitter (half to full), capped."""
+    base = settings.RAPPORT_SEND_RETRY_BASE_SECONDS * (2 ** max(attempts - 1, 0))
+    delay = min(base, RETRY_CAP.total_seconds())
+    return dt.timedelta(seconds=random.uniform(delay / 2, delay))
+
+
+# --- Claiming ------------------------------------------------------------------------------------------
+
+
+def due_messages(now: dt.datetime):
+    """Return the workspace's messages a sender may claim now: due, or abandoned by a sender whose lease ran out."""
+    return Message.objects.filter(
+        Q(status__in=(Message.Status.PENDING, Message.Status.DEFERRED), next_attempt_at__lte=now)
+        | Q(status=Message.Status.SENDING, lease_expires_at__lt=now),
+        campaign__status__in=CLAIMABLE_CAMPAIGN_STATUSES,
+    )
+
+
+def claim_batch(owner: str, *, limit: int, now: dt.datetime | None = None) -> tuple[list[int], int]:
+    """Claim up to ``limit`` due messages for ``owner``; return (ids to deliver, number suppressed at claim).
+
+    One transaction: lock due rows skipping those other senders hold, lease them, then re-check consent
+    and suppression so a withdrawal since dispatch stops the message.
+    """
+    now = now or timezone.now()
+    with tenant_transaction():
+        ids = list(
+            due_messages(now)
+            .order_by("priority", "next_attempt_at", "pk")
+            .select_for_update(skip_locked=True, of=("self",))
+            .values_list("pk", flat=True)[:limit]
+        )
+        if not ids:
+            return [], 0
+        Message.objects.filter(pk__in=ids).update(
+            status=Message.Status.SENDING, lease_owner=owner,
+            lease_expires_at=now + dt.timedelta(seconds=settings.RAPPORT_SEND_LEASE_SECONDS),
+            attempts=F("attempts") + 1,
+        )
+        withdrawn = 0
+        for channel in Channel.values:
+            reachable = reachable_customers(channel, at=now).filter(pk=OuterRef("customer_id"))
+            withdrawn += (
+                Message.objects.filter(pk__in=ids, channel=channel)
+                .exclude(Exists(reachable))
+                .update(status=Message.Status.SUPPRESSED, skip_reason=Message.SkipReason.CONSENT_WITHDRAWN,
+                        lease_owner="", lease_expires_at=None)
+            )
+        if withdrawn:
+            ids = list(Message.objects.filter(pk__in=ids, status=Message.Status.SENDING, lease_owner=owner)
+                       .values_list("pk", flat=True))
+        return ids, withdrawn
+
+
+# --- Recording outcomes (each its own short commit) ----------------------------------------------------
+
+
+def _fast_commit() -> None:
+    # A worker crash cannot lose an asynchronously committed row; see the module docstring.
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit TO OFF")
+
+
+def _mark_sent(message: Message, owner: str, provider_id: str, now: dt.datetime) -> bool:
+    with tenant_transaction():
+        _fast_commit()
+        return bool(
+            Message.objects.filter(pk=message.pk, lease_owner=owner, status=Message.Status.SENDING).update(
+                status=Message.Status.SENT, sent_at=now, provider_message_id=provider_id[:200],
+                to_address=message.to_address[:254], error="", lease_owner="", lease_expires_at=None,
+            )
+        )
+
+
+def _mark_failed(message: Message, owner: str, reason: str, *, status=Message.Status.FAILED,
+                 skip_reason: str = "") -> None:
+    with tenant_transaction():
+        Message.objects.filter(pk=message.pk, lease_owner=owner).update(
+            status=status, skip_reason=skip_reason, error=reason[:500], lease_owner="", lease_expires_at=None,
+        )
+
+
+def _schedule_retry(message: Message, owner: str, reason: str, now: dt.datetime) -> bool:
+    """Put the message back with a backoff, or fail it after the last attempt; return True when it will retry."""
+    if message.attempts >= settings.RAPPORT_SEND_MAX_ATTEMPTS:
+        _mark_failed(message, owner, f"{reason} (gave up after {message.attempts} attempts)")
+        return False
+    with tenant_transaction():
+        Message.objects.filter(pk=message.pk, lease_owner=owner).update(
+            status=Message.Status.PENDING, next_attempt_at=now + retry_delay(message.attempts),
+            error=reason[:500], lease_owner="", lease_expires_at=None,
+        )
+    return True
+
+
+def release(ids: list[int], owner: str) -> int:
+    """Hand claimed but unattempted messages back (their attempt is not counted); return how many."""
+    if not ids:
+        return 0
+    with tenant_transaction():
+        return Message.objects.filter(pk__in=ids, lease_owner=owner, status=Message.Status.SENDING).update(
+            status=Message.Status.PENDING, attempts=F("attempts") - 1, lease_owner="", lease_expires_at=None,
+        )
+
+
+def _record_on_timeline(ids: list[int]) -> None:
+    """Add one 'message' entry per sent message to the customers' timelines (one INSERT … SELECT)."""
+    if not ids:
+        return
+    rows = (
+        Message.objects.filter(pk__in=ids, status=Message.Status.SENT)
+        .order_by()
+        .annotate(
+            i_tenant=F("tenant_id"),
+            i_customer=F("customer_id"),
+            i_kind=Value(Interaction.Kind.MESSAGE.value),
+            i_occurred_at=F("sent_at"),
+            i_summary=Concat(Value("Sent “"), F("campaign__name"), Value("” by "), F("channel"),
+                             output_field=CharField()),
+            i_details=JSONObject(message_id=F("pk"), campaign_id=F("campaign_id"), step_id=F("step_id"),
+                                 channel=F("channel")),
+        )
+        .values_list("i_tenant", "i_customer", "i_kind", "i_occurred_at", "i_summary", "i_details")
+    )
+    with tenant_transaction():
+        _fast_commit()
+        insert_from_select(Interaction, ["tenant", "customer", "kind", "occurred_at", "summary", "details"], rows)
+
+
+# --- Delivering a batch ---------------------------------------------------------------------------------
+
+
+def _classify_smtp_error(error: Exception) -> tuple[bool, str]:
+    """Return (permanent?, reason) for an exception raised while handing a message to the mail server."""
+    code = getattr(error, "smtp_code", None)
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        code, response = next(iter(error.recipients.values()), (None, b""))
+        text = response.decode(errors="replace") if isinstance(response, bytes) else str(response)
+        return bool(code and code >= 500), f"Recipient refused ({code}): {text}"[:500]
+    if code is not None:
+        text = getattr(error, "smtp_error", b"")
+        text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+        return code >= 500, f"Mail server answered {code}: {text}"[:500]
+    try:
+        from anymail.exceptions import AnymailAPIError, AnymailRecipientsRefused
+
+        if isinstance(error, AnymailRecipientsRefused):
+            return True, f"ESP refused the recipient: {error}"[:500]
+        if isinstance(error, AnymailAPIError):
+            status = getattr(error, "status_code", None) or 0
+            return 400 <= status < 500 and status != 429, f"ESP error {status}: {error}"[:500]
+    except ImportError:  # pragma: no cover - anymail is a dependency
+        pass
+    return False, f"{error.__class__.__name__}: {error}"[:500]
+
+
+def _hard_bounce(message: Message, reason: str) -> None:
+    from campaigns.tracking import record_event
+    from customers.consent import suppress
+
+    with tenant_transaction():
+        record_event(message, MessageEvent.Kind.BOUNCED, details={"reason": reason, "source": "smtp"})
+        suppress(message.channel, message.to_address, "bounced", note=reason[:200])
+
+
+def send_batch(*, owner: str | None = None, limit: int | None = None, now: dt.datetime | None = None) -> SendOutcome:
+    """Claim one batch of the current workspace's due messages and deliver it; return the outcome."""
+    owner = owner or new_lease_owner()
+    limit = limit or settings.RAPPORT_SEND_BATCH_SIZE
+    claimed_at = now or timezone.now()
+    outcome = SendOutcome()
+    ids, outcome.suppressed = claim_batch(owner, limit=limit, now=claimed_at)
+    outcome.claimed = len(ids) + outcome.suppressed
+    if not ids:
+        return outcome
+    # Leave before the lease ends so a re-claim by another sender can never overlap this one.
+    stop_at = time.monotonic() + settings.RAPPORT_SEND_LEASE_SECONDS - LEASE_SAFETY.total_seconds()
+    with tenant_transaction():
+        messages = list(
+            Message.objects.filter(pk__in=ids, lease_owner=owner)
+            .select_related("customer__tenant", "step", "campaign", "campaign__sender")
+            .order_by("priority", "pk")
+        )
+        workspace = Workspace.objects.filter(pk=current_tenant_id()).values("name", "postal_address").get()
+        used = template_variables(*{m.step.subject for m in messages}, *{m.step.body for m in messages})
+        contexts = build_contexts(
+            [Recipient(m.pk, m.customer, m.campaign, m.channel) for m in messages], used=used | {"links"}
+        )
+    compose_workspace = ComposeWorkspace(workspace["name"], workspace["postal_address"])
+    sent_ids: list[int] = []
+    remaining = list(messages)
+    try:
+        email_messages = [m for m in remaining if m.channel == Channel.EMAIL]
+        sms_messages = [m for m in remaining if m.channel == Channel.SMS]
+        if email_messages:
+            _deliver_emails(email_messages, owner, contexts, compose_workspace, stop_at, outcome, sent_ids)
+        if sms_messages:
+            _deliver_sms(sms_messages, owner, contexts, stop_at, outcome, sent_ids)
+    finally:
+        _record_on_timeline(sent_ids)
+    return outcome
+
+
+def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent_ids) -> None:
+    mail_connection = None
+    try:
+        for index, message in enumerate(messages):
+            if time.monotonic() > stop_at:
+                outcome.released += release([m.pk for m in messages[index:]], owner)
+                return
+            message.to_address = message.customer.email
+            if not message.to_address:
+                _mark_failed(message, owner, "No e-mail address", status=Message.Status.SUPPRESSED,
+                             skip_reason=Message.SkipReason.NO_ADDRESS)
+                outcome.suppressed += 1
+                continue
+            try:
+                email = compose_email(message, message.step, message.campaign, message.campaign.sender,
+                                      contexts[message.pk], workspace)
+            except RenderError as error:
+                _mark_failed(message, owner, f"Template: {error}")
+                outcome.failed += 1
+                continue
+            try:
+                if mail_connection is None:
+                    mail_connection = get_connection(fail_silently=False)
+                    mail_connection.open()
+                mail_connection.send_messages([email])
+            except Exception as error:  # noqa: BLE001 - every delivery failure is classified and recorded
+                permanent, reason = _classify_smtp_error(error)
+                outcome.errors.append(reason)
+                if permanent:
+                    _mark_failed(message, owner, reason)
+                    outcome.failed += 1
+                    if isinstance(error, smtplib.SMTPRecipientsRefused):
+                        _hard_bounce(message, reason)
+                    continue
+                if _schedule_retry(message, owner, reason, timezone.now()):
+                    outcome.retried += 1
+                else:
+                    outcome.failed += 1
+                # The connection may be broken: drop it; the next message opens a fresh one.
+                _close_quietly(mail_connection)
+                mail_connection = None
+                continue
+            # An ESP (anymail) reports its own id; plain SMTP has only our Message-ID.
+            provider_id = getattr(getattr(email, "anymail_status", None), "message_id", None) or \
+                email.extra_headers["Message-ID"]
+            if _mark_sent(message, owner, str(provider_id), timezone.now()):
+                outcome.sent += 1
+                sent_ids.append(message.pk)
+    finally:
+        _close_quietly(mail_connection)
+
+
+def _close_quietly(mail_connection) -> None:
+    if mail_connection is None:
+        return
+    try:
+        mail_connection.close()
+    except Exception:  # noqa: BLE001 - a broken connection is being discarded anyway
+        pass
+
+
+def _deliver_sms(messages, owner, contexts, stop_at, outcome, sent_ids) -> None:
+    with get_sms_backend() as backend:
+        for index, message in enumerate(messages):
+            if time.monotonic() > stop_at:
+                outcome.released += release([m.pk for m in messages[index:]], owner)
+                return
+            message.to_address = message.customer.phone
+            if not message.to_address:
+                _mark_failed(message, owner, "No phone number", status=Message.Status.SUPPRESSED,
+                             skip_reason=Message.SkipReason.NO_ADDRESS)
+                outcome.suppressed += 1
+                continue
+            try:
+                text = compose_sms(message, message.step, contexts[message.pk])
+            except RenderError as error:
+                _mark_failed(message, owner, f"Template: {error}")
+                outcome.failed += 1
+                continue
+            sender = message.campaign.sender.sms_from if message.campaign.sender else ""
+            try:
+                provider_id = backend.send(SmsMessage(to=message.to_address, body=text, sender=sender,
+                                                      reference=message.message_id_header.strip("<>")))
+            except SmsPermanentError as error:
+                _mark_failed(message, owner, str(error))
+                outcome.failed += 1
+                continue
+            except (SmsTemporaryError, OSError) as error:
+                if _schedule_retry(message, owner, str(error), timezone.now()):
+                    outcome.retried += 1
+                else:
+                    outcome.failed += 1
+                continue
+            if _mark_sent(message, owner, provider_id or message.message_id_header, timezone.now()):
+                outcome.sent += 1
+                sent_ids.append(message.pk)
+
+
+def send_due(*, budget_seconds: float | None = None) -> SendOutcome:
+    """Deliver the current workspace's due messages batch after batch until none is left or the budget is spent.
+
+    Quiet hours are applied first, so a backlog never goes out at night.
+    """
+    budget = settings.RAPPORT_SEND_TASK_SECONDS if budget_seconds is None else budget_seconds
+    deadline = time.monotonic() + budget
+    total = SendOutcome()
+    with tenant_transaction():
+        defer_for_quiet_hours()
+    while time.monotonic() < deadline:
+        outcome = send_batch()
+        total.add(outcome)
+        if outcome.claimed == 0:
+            break
+    return total
+
+
+def has_due_messages(now: dt.datetime | None = None) -> bool:
+    """Return True when the current workspace has messages a sender could claim now."""
+    with tenant_transaction():
+        return due_messages(now or timezone.now()).exists()
+
