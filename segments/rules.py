@@ -103,18 +103,17 @@ class RuleContext:
 
     def cycle_through(self, segment) -> list | None:
         """Return the chain of segments that leads back to one being expanded or edited, or None."""
-        chain = [*self.expanding, segment]
         if self.editing_id is not None and segment.pk == self.editing_id:
-            return chain
+            return [segment, *self.expanding, segment]
         if any(earlier.pk == segment.pk for earlier in self.expanding):
-            return chain
+            return [*self.expanding, segment]
         return None
 
 
 def cycle_message(chain: list) -> str:
     names = " → ".join(f"“{segment.name}”" for segment in chain)
-    if len(chain) == 1:
-        return f"A segment cannot include itself ({names})."
+    if len(chain) == 2:
+        return f"A segment cannot include itself (“{chain[0].name}”)."
     return f"These segments include each other in a circle: {names}. Remove one of the references."
 
 

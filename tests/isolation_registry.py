@@ -416,6 +416,7 @@ url_kwarg("job_id", BackgroundJob)
 url_kwarg("membership_id", Membership)
 url_kwarg("invitation_id", Invitation)
 url_kwarg("key_id", ApiKey)
+url_kwarg("segment_id", Segment)
 
 
 # --- Enumerating the workspace URLs ------------------------------------------------------------------
