@@ -55,10 +55,12 @@ seed: migrate
 
 # web + worker + beat on the embedded default (SQLite, filesystem broker) unless DATABASE_URL / CELERY_BROKER_URL say otherwise.
 run: seed
-	@trap 'kill 0' INT TERM EXIT; \
-	$(VENV)/bin/celery -A crm_site worker -Q default,lifecycle,dispatch,send --concurrency 2 --loglevel INFO & \
+	@# On exit stop the worker and beat by their own pids (kill 0 would re-trigger this trap). A thread pool,
+	@# not prefork: no forked SQLite connections, and a SIGTERM to the whole group cannot strand the worker.
+	@trap 'trap - INT TERM EXIT; kill $$(jobs -p) 2>/dev/null; wait' INT TERM EXIT; \
+	$(VENV)/bin/celery -A crm_site worker -Q default,lifecycle,dispatch,send --pool threads --concurrency 2 --loglevel INFO & \
 	$(VENV)/bin/celery -A crm_site beat --loglevel INFO & \
-	sleep 1; \
+	sleep 2; \
 	echo; echo "  Rapport is running at http://$(HOST):$(PORT)/"; \
 	echo "  Sign in as  demo / rapport-demo   (Django admin: /admin/ with the same login)"; echo; \
 	$(MANAGE) runserver $(HOST):$(PORT) --noreload
