@@ -68,7 +68,7 @@ WITH dated AS (
            FIRST_VALUE(day) OVER customer_orders AS first_day
     FROM dated
     WINDOW customer_orders AS (PARTITION BY customer_id ORDER BY placed_at)
-), per_customer AS (
+), per_customer AS MATERIALIZED (
     SELECT customer_id,
            MIN(placed_at) AS first_order_at,
            MAX(placed_at) AS last_order_at,
