@@ -159,15 +159,23 @@ def celery_worker(transactional_db):
 
     saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager", "broker_transport_options")}
     app.conf.update(broker_url=redis_url, task_always_eager=False, broker_transport_options={"visibility_timeout": 60})
-    app.pool.force_close_all() if hasattr(app.pool, "force_close_all") else None
-    app._pool = None
+    _reset_broker_pools(app)
     queues = ["default", "lifecycle", "dispatch", "send"]
     app.connection_for_write().default_channel.client.flushdb()
     with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING",
                       queues=queues, shutdown_timeout=10):
         yield app
     app.conf.update(saved)
+    _reset_broker_pools(app)
+
+
+def _reset_broker_pools(app):
+    """Forget pooled broker connections and producers, so the next task goes to the broker now configured."""
+    from kombu import pools
+
+    pools.reset()
     app._pool = None
+    app.amqp._producer_pool = None
 
 
 # --- Browser: Playwright driving Debian's Chromium, never a downloaded browser -----------------------
