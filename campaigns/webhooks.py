@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from email.utils import parseaddr
 
 from django.core import signing
 from django.dispatch import receiver
@@ -124,7 +125,7 @@ def _record_reply(customer: Customer, channel: str, text: str, *, message: Messa
 def handle_email_reply(workspace: Workspace, from_email: str, text: str, *, subject: str = "",
                        in_reply_to: str = "") -> InboundResult:
     """Put an e-mail reply on the customer's timeline (as a reply to our message when it answers one)."""
-    address = consent.canonical_address(Channel.EMAIL, from_email)
+    address = consent.canonical_address(Channel.EMAIL, parseaddr(from_email)[1] or from_email)
     with tenant_scope(workspace):
         customer = Customer.objects.filter(email__iexact=address, erased_at__isnull=True).first()
         if customer is None:
