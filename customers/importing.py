@@ -333,6 +333,28 @@ def purge_expired_files(tenant_id: int | None = None) -> int:
     return removed
 
 
+def start_import(run: ImportRun, *, mapping: dict, mode: str, options: dict, user=None):
+    """Save a run's mapping and options and queue it; return its BackgroundJob (the task starts after commit).
+
+    Raises CsvFileError when the run was already started or its upload expired.
+    """
+    from django.db import transaction
+
+    from crm_site.jobs import start_job
+    from customers.tasks import run_csv_import
+
+    if run.status != ImportRun.Status.UPLOADED:
+        raise CsvFileError("This import was already started.")
+    if upload_path(run) is None:
+        raise CsvFileError("The uploaded file is no longer there (uploads are kept for a limited time); upload it again.")
+    job = start_job("import", user=user, total=max(run.line_count - 1, 0), message=f"Queued: {run.original_name}")
+    run.mapping, run.mode, run.options, run.status, run.job = mapping, mode, options, ImportRun.Status.QUEUED, job
+    run.save(update_fields=["mapping", "mode", "options", "status", "job"])
+    tenant_id, run_id, job_id = run.tenant_id, run.pk, job.pk
+    transaction.on_commit(lambda: run_csv_import.delay(tenant_id, run_id, job_id))
+    return job
+
+
 # --- Row validation --------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from customers import views
 
@@ -9,4 +9,5 @@ urlpatterns = [
     path("<int:customer_id>/", views.customer_detail, name="detail"),
     path("<int:customer_id>/edit/", views.customer_edit, name="edit"),
     path("<int:customer_id>/notes/", views.customer_add_note, name="add_note"),
+    path("", include("customers.import_urls")),  # CSV import and export
 ]

@@ -416,7 +416,22 @@ url_kwarg("job_id", BackgroundJob)
 url_kwarg("membership_id", Membership)
 url_kwarg("invitation_id", Invitation)
 url_kwarg("key_id", ApiKey)
+url_kwarg("import_id", ImportRun)
 url_kwarg("segment_id", Segment)
+
+
+@url_values("customers:import_errors")
+def make_import_with_error_report(workspace):
+    """An import whose bad-rows file exists, so the download answers 200 in its own workspace."""
+    from django.conf import settings
+
+    from customers.importing import import_dir
+
+    report = import_dir(workspace.pk) / f"isolation-{next(_sequence)}-errors.csv"
+    report.write_text("email,error,line\nbob@,email: invalid,2\n")
+    run = _in_scope(workspace, lambda: ImportRun.objects.create(
+        kind="customers", original_name="bad.csv", error_file=str(report.relative_to(settings.MEDIA_ROOT))))
+    return {"import_id": run.pk}
 
 
 # --- Enumerating the workspace URLs ------------------------------------------------------------------

@@ -34,7 +34,7 @@ def run_csv(workspace, kind, content, *, mapping=None, mode=ImportRun.Mode.SKIP,
 
 
 def messages(run):
-    return [f"line {e['line']}, column {e['column']}: {e['message']}" for e in run.errors]
+    return [f"line {e['line']}{', column ' + e['column'] if e['column'] else ''}: {e['message']}" for e in run.errors]
 
 
 def read_error_report(run):
