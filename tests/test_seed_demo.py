@@ -13,6 +13,7 @@ from crm_site.demo_data import TEA_CATALOGUE, revenue_share_of_top, seed_workspa
 from crm_site.models import Membership, Role, Workspace
 from crm_site.tenancy import tenant_scope
 from customers.models import ConsentEvent, Customer, Interaction, Order, OrderLine, Product, Suppression
+from lifecycle.models import CustomerMetrics
 
 AS_OF = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 
@@ -154,6 +155,10 @@ def test_seed_demo_creates_two_workspaces_and_the_demo_users(client):
     customers, _, _ = _counts("demo")
     small, _, _ = _counts("tea")
     assert customers == 160 and 10 <= small < customers
+    # The demo opens with lifecycle stages already computed, at-risk and lapsed customers among them.
+    with tenant_scope(Workspace.objects.get(slug="demo")):
+        stages = set(CustomerMetrics.objects.values_list("stage", flat=True))
+    assert {"active", "at_risk", "lapsed", "prospect"} <= stages
 
     # Signing in as demo shows the seeded numbers on the dashboard.
     assert client.login(username="demo", password="rapport-demo")

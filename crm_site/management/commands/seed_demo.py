@@ -1,4 +1,7 @@
-"""`manage.py seed_demo`: the demo workspaces and users of `make run`. Safe to re-run; --reset rebuilds them."""
+"""`manage.py seed_demo`: the demo workspaces and users of `make run`. Safe to re-run; --reset rebuilds them.
+
+Each new workspace also gets its first lifecycle refresh, so the demo opens with stages, flags and reasons.
+"""
 
 import time
 
@@ -9,6 +12,7 @@ from django.db import transaction
 from crm_site.demo_data import COFFEE_CATALOGUE, TEA_CATALOGUE, delete_workspace, seed_workspace
 from crm_site.models import Membership, Role, Workspace
 from crm_site.tenancy import tenant_scope
+from lifecycle.runs import refresh_workspace
 
 DEMO_PASSWORD = "rapport-demo"
 DEMO_WORKSPACES = (
@@ -53,8 +57,11 @@ class Command(BaseCommand):
                     workspace, customers=max(10, round(customers * share)), seed=seed + seed_offset,
                     catalogue=catalogue, note_author=users["demo"],
                 )
+                # Stages and flags straight away, rather than after the first nightly refresh.
+                refreshed = refresh_workspace(workspace)
                 self.stdout.write(
-                    f"Seeded '{workspace.name}' ({slug}) in {time.monotonic() - started:.1f} s: {summary.describe()}."
+                    f"Seeded '{workspace.name}' ({slug}) in {time.monotonic() - started:.1f} s: {summary.describe()}; "
+                    f"lifecycle stages computed for {refreshed.customers:,} customers."
                 )
             Membership.objects.get_or_create(workspace=workspace, user=users["demo"], defaults={"role": Role.OWNER})
         demo_workspace = Workspace.objects.get(slug=DEMO_WORKSPACES[0][0])
