@@ -29,6 +29,8 @@ class CustomerListForm(forms.Form):
             self.fields.update(list_filter.make_fields())
         for name, form_field in self.fields.items():
             css = "form-select form-select-sm" if isinstance(form_field.widget, forms.Select) else "form-control form-control-sm"
+            if name not in ("q", "sort"):
+                css += " list-filter"  # the list reloads when one of these changes (hx-trigger)
             form_field.widget.attrs.setdefault("class", css)
 
     def values(self) -> dict:
