@@ -101,6 +101,8 @@ def insert_from(cursor, model, source: str, expressions: dict[str, str], params:
     columns, selects = [], []
     for model_field in model._meta.concrete_fields:
         column = model_field.column
+        if getattr(model_field, "generated", False):
+            continue  # GeneratedField: the database computes it
         if column in expressions:
             expression = expressions[column]
         elif model_field.primary_key:
