@@ -224,6 +224,7 @@ class Message(TenantModel):
         FREQUENCY_CAP = "frequency_cap", "Frequency cap reached"
         CONSENT_WITHDRAWN = "consent_withdrawn", "Consent withdrawn before sending"
         EXITED = "exited", "Left the journey"
+        CANCELLED = "cancelled", "Campaign cancelled"
 
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="messages")
     step = models.ForeignKey(CampaignStep, on_delete=models.CASCADE, related_name="messages")
