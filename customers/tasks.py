@@ -28,7 +28,8 @@ def run_csv_import(import_id: int, job_id: int) -> None:
             importing.mark_failed(run, f"The import stopped on an unexpected error ({type(error).__name__}); "
                                        "nothing was written.")
             raise
-        run.refresh_from_db()
+        with tenant_transaction():  # the task body runs outside a transaction: the database needs the tenant
+            run.refresh_from_db()
         report_progress(job_id, message=run.get_status_display())
         return {"import_id": run.pk, "status": run.status, "created": outcome.created, "updated": outcome.updated,
                 "skipped": outcome.skipped, "errors": outcome.error_rows}
