@@ -12,7 +12,7 @@ from campaigns.models import (
     SenderIdentity,
     SendingPolicy,
 )
-from crm_site.admin import TenantAdmin
+from crm_site.admin import TenantAdmin, TenantStackedInline
 
 
 @admin.register(SenderIdentity)
@@ -28,9 +28,8 @@ class SendingPolicyAdmin(TenantAdmin):
                     "quiet_hours_end"]
 
 
-class CampaignStepInline(admin.StackedInline):
+class CampaignStepInline(TenantStackedInline):
     model = CampaignStep
-    extra = 0
     fields = ["position", "channel", "delay_days", "delay_hours", "subject", "body", "body_format"]
 
 
@@ -43,19 +42,21 @@ class CampaignAdmin(TenantAdmin):
     raw_id_fields = ["created_by", "schedule"]
     inlines = [CampaignStepInline]
 
-    def save_formset(self, request, form, formset, change):
-        # Steps belong to the campaign's workspace (the admin runs in the platform scope, which sets none).
-        for instance in formset.save(commit=False):
-            instance.tenant_id = form.instance.tenant_id
-            instance.save()
-        for obj in formset.deleted_objects:
-            obj.delete()
+
+@admin.register(CampaignStep)
+class CampaignStepAdmin(TenantAdmin):
+    list_display = ["campaign", "position", "channel", "delay_days", "delay_hours", "subject", "tenant"]
+    list_filter = ["channel", "tenant"]
+    search_fields = ["subject", "body", "campaign__name"]
+    list_select_related = ["tenant", "campaign"]
+    raw_id_fields = ["campaign"]
 
 
 @admin.register(CampaignRun)
 class CampaignRunAdmin(TenantAdmin):
     list_display = ["campaign", "number", "tenant", "started_at", "steps_dispatched", "finished_at"]
     list_filter = ["tenant"]
+    list_select_related = ["tenant", "campaign"]
     raw_id_fields = ["campaign"]
 
 
@@ -76,6 +77,7 @@ class MessageEventAdmin(TenantAdmin):
     list_display = ["kind", "message", "campaign", "occurred_at", "tenant"]
     list_filter = ["kind", "tenant"]
     raw_id_fields = ["message", "campaign", "customer"]
+    list_select_related = ["tenant", "message", "campaign"]
     show_full_result_count = False
 
 
@@ -85,3 +87,4 @@ class RewardCodeAdmin(TenantAdmin):
     list_filter = ["tenant"]
     search_fields = ["code"]
     raw_id_fields = ["campaign", "customer"]
+    list_select_related = ["tenant", "campaign", "customer"]

@@ -3,7 +3,7 @@
 from django.contrib import admin
 
 from crm_site.admin import TenantAdmin
-from lifecycle.models import CustomerMetrics, LifecycleEvent, LifecyclePolicy
+from lifecycle.models import CustomerMetrics, LifecycleEvent, LifecyclePolicy, LifecycleRun, RewardGrant
 
 
 @admin.register(CustomerMetrics)
@@ -37,3 +37,22 @@ class LifecyclePolicyAdmin(TenantAdmin):
         "lapsed_days", "heavy_user_revenue_share", "updated_at",
     ]
     search_fields = ["tenant__name", "tenant__slug"]
+
+
+@admin.register(RewardGrant)
+class RewardGrantAdmin(TenantAdmin):
+    list_display = ["customer", "rule", "occasion", "granted_at", "note", "tenant"]
+    list_filter = ["tenant", "rule"]
+    search_fields = ["customer__email", "customer__external_id", "rule", "note"]
+    list_select_related = ["tenant", "customer"]
+    raw_id_fields = ["customer"]
+    date_hierarchy = "granted_at"
+
+
+@admin.register(LifecycleRun)
+class LifecycleRunAdmin(TenantAdmin):
+    list_display = ["started_at", "tenant", "model_kind", "customers", "repeat_customers", "rows_written",
+                    "events_written", "seconds", "finished_at"]
+    list_filter = ["tenant", "model_kind"]
+    readonly_fields = ["model_params", "population", "stage_counts"]
+    date_hierarchy = "started_at"

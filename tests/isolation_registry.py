@@ -78,7 +78,7 @@ from customers.models import (
     Product,
     Suppression,
 )
-from lifecycle.models import CustomerMetrics, LifecycleEvent, LifecyclePolicy
+from lifecycle.models import CustomerMetrics, LifecycleEvent, LifecyclePolicy, LifecycleRun, RewardGrant
 from segments.models import Segment, SegmentMember
 from tests.factories import (
     BackgroundJobFactory,
@@ -320,6 +320,17 @@ def make_lifecycle_event(workspace):
 @makes(LifecyclePolicy)
 def make_lifecycle_policy(workspace):
     return _in_scope(workspace, lambda: LifecyclePolicy.objects.get_or_create(tenant=workspace)[0])
+
+
+@makes(RewardGrant)
+def make_reward_grant(workspace):
+    customer = make_customer(workspace)
+    return _in_scope(workspace, lambda: RewardGrant.objects.create(customer=customer, rule="vip", occasion=""))
+
+
+@makes(LifecycleRun)
+def make_lifecycle_run(workspace):
+    return _in_scope(workspace, lambda: LifecycleRun.objects.create(customers=3, stage_counts={"active": 3}))
 
 
 # --- segments ----------------------------------------------------------------------------------------
