@@ -172,10 +172,10 @@ class Amount(Field):
             raise InvalidValue("must be a finite number")
         if number < 0:
             raise InvalidValue("must not be negative")
-        number = number.quantize(Decimal("0.01"))
+        # Checked before rounding: quantize() fails on numbers beyond the context's precision.
         if number >= Decimal(10) ** 10:
             raise InvalidValue("is too large (at most 9999999999.99)")
-        return number
+        return number.quantize(Decimal("0.01"))
 
     def schema(self):
         return {

@@ -108,3 +108,10 @@ def test_get_order(api, customer):
     assert body["customer_external_id"] == "C-1"
     assert len(body["lines"]) == 2
     assert api.get("orders/O-2").status_code == 404
+
+
+@pytest.mark.parametrize("total", ["1e400", 1e300, "99999999999", "12345678901234567890.5"])
+def test_absurd_amounts_are_field_errors(api, customer, total):
+    response = api.post("orders", {**ORDER, "total": total})
+    assert response.status_code == 400
+    assert response.json()["error"]["fields"]["total"] == ["is too large (at most 9999999999.99)"]
