@@ -21,4 +21,11 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   (apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1)) \
     || echo "chromium could not be installed; browser tests will skip (or fail when RAPPORT_REQUIRE_SERVICES=1)"
 fi
+# docker-compose.yml is validated by the compose CLI (no engine needed); Debian's docker-compose provides one.
+if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1 \
+   && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  echo "Installing Debian's docker-compose to validate docker-compose.yml…"
+  (apt-get install -y -q docker-compose >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1)) \
+    || echo "docker-compose could not be installed; the compose validation test will skip (or fail when RAPPORT_REQUIRE_SERVICES=1)"
+fi
 export RAPPORT_TESTING=1
