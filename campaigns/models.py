@@ -11,7 +11,7 @@ import datetime as dt
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -150,6 +150,46 @@ class Campaign(TenantModel):
     @property
     def is_editable(self) -> bool:
         return self.status in (self.Status.DRAFT, self.Status.PAUSED, self.Status.SCHEDULED)
+
+    @property
+    def has_messages(self) -> bool:
+        """True once the dispatcher wrote a message: steps can then be edited but not moved or removed."""
+        return self.messages.exists()
+
+    def add_step(self, step: CampaignStep) -> CampaignStep:
+        """Save ``step`` as the campaign's last step and return it."""
+        with transaction.atomic():
+            # Two marketers adding a step at once would pick the same position: the campaign row serialises them.
+            Campaign.objects.select_for_update().filter(pk=self.pk).first()
+            last = self.steps.aggregate(last=models.Max("position"))["last"] or 0
+            step.campaign, step.tenant_id, step.position = self, self.tenant_id, last + 1
+            step.save()
+        return step
+
+    def move_step(self, step: CampaignStep, offset: int) -> bool:
+        """Swap ``step`` with its neighbour ``offset`` (-1 earlier, +1 later); return False at either end."""
+        with transaction.atomic():
+            ordered = list(self.steps.select_for_update().order_by("position"))
+            index = next(i for i, each in enumerate(ordered) if each.pk == step.pk)
+            if not 0 <= index + offset < len(ordered):
+                return False
+            other = ordered[index + offset]
+            mine, theirs = step.position, other.position
+            # The unique (campaign, position) constraint is checked row by row: park one step at 0 meanwhile.
+            CampaignStep.objects.filter(pk=step.pk).update(position=0)
+            CampaignStep.objects.filter(pk=other.pk).update(position=mine)
+            CampaignStep.objects.filter(pk=step.pk).update(position=theirs)
+        step.position = theirs
+        return True
+
+    def remove_step(self, step: CampaignStep) -> None:
+        """Delete ``step`` and close the gap in the positions of the steps after it."""
+        position = step.position
+        with transaction.atomic():
+            step.delete()
+            # Two passes, so no row ever lands on a position another row still holds.
+            self.steps.filter(position__gt=position).update(position=models.F("position") + 10000)
+            self.steps.filter(position__gt=10000).update(position=models.F("position") - 10001)
 
 
 class CampaignStep(TenantModel):

@@ -429,6 +429,17 @@ url_kwarg("invitation_id", Invitation)
 url_kwarg("key_id", ApiKey)
 url_kwarg("import_id", ImportRun)
 url_kwarg("segment_id", Segment)
+url_kwarg("campaign_id", Campaign)
+url_kwarg("sender_id", SenderIdentity)
+
+
+def _campaign_and_step(workspace):
+    step = make_campaign_step(workspace)
+    return {"campaign_id": step.campaign_id, "step_id": step.pk}
+
+
+for _step_url in ("campaigns:step_edit", "campaigns:step_move", "campaigns:step_delete"):
+    url_values(_step_url)(_campaign_and_step)
 
 
 @url_values("customers:import_errors")
