@@ -84,6 +84,9 @@ class CampaignForm(forms.ModelForm):
             self.add_error("trigger", "A journey starts on a lifecycle moment: choose one.")
         if kind and kind != Campaign.Kind.JOURNEY and cleaned.get("trigger"):
             self.add_error("trigger", "Only journeys start on a lifecycle moment; use a segment as the audience.")
+        if (kind == Campaign.Kind.BROADCAST and self.instance.status == Campaign.Status.SCHEDULED
+                and not cleaned.get("scheduled_at") and "scheduled_at" not in self.errors):
+            self.add_error("scheduled_at", "A scheduled broadcast needs its time; pause it to hold it back.")
         if kind == Campaign.Kind.RECURRING:
             for name in CRONTAB_FIELDS:
                 if not (cleaned.get(name) or "").strip():
@@ -198,7 +201,8 @@ class SenderIdentityForm(forms.ModelForm):
     class Meta:
         model = SenderIdentity
         fields = ["name", "from_name", "from_email", "reply_to", "sms_from", "is_default"]
-        labels = {"is_default": "Default sender for new campaigns"}
+        labels = {"from_email": "From address", "reply_to": "Reply-To address", "sms_from": "SMS sender",
+                  "is_default": "Default sender for new campaigns"}
 
     def clean_from_email(self):
         # The unique constraint includes the tenant, which the form does not carry: checked here, in scope.

@@ -107,7 +107,8 @@ def resume(campaign: Campaign) -> Campaign:
         campaign.status = S.SENDING
     else:
         campaign.status = S.SCHEDULED
-    campaign.save(update_fields=["status", "updated_at"])
+        campaign.scheduled_at = campaign.scheduled_at or timezone.now()  # the dispatcher waits for a time
+    campaign.save(update_fields=["status", "scheduled_at", "updated_at"])
     return campaign
 
 
@@ -164,6 +165,14 @@ def set_recurrence(campaign: Campaign, *, minute: str = "0", hour: str = "9", da
         campaign.schedule = task
         campaign.save(update_fields=["schedule", "updated_at"])
     return task
+
+
+def drop_recurrence(campaign: Campaign) -> None:
+    """Delete the beat entry of a campaign that no longer recurs (its kind changed)."""
+    if campaign.schedule_id is not None:
+        PeriodicTask.objects.filter(pk=campaign.schedule_id).delete()
+        campaign.schedule = None
+        campaign.save(update_fields=["schedule", "updated_at"])
 
 
 def recurrence(campaign: Campaign) -> dict | None:

@@ -117,6 +117,8 @@ def _save_campaign(request, form: CampaignForm) -> Campaign | None:
             campaign.steps.exclude(channel=form.cleaned_data["channel"]).update(channel=form.cleaned_data["channel"])
             if campaign.kind == Campaign.Kind.RECURRING:
                 transitions.set_recurrence(campaign, **form.crontab())
+            else:
+                transitions.drop_recurrence(campaign)
             return campaign
     except transitions.TransitionError as error:
         form.add_error(None, f"The schedule was not saved: {error}")

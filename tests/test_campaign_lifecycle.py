@@ -50,7 +50,7 @@ def test_welcome_series_has_steps_on_day_0_3_and_7(workspace):
 @pytest.mark.django_db
 def test_problems_are_listed_in_words(workspace):
     campaign = CampaignFactory(tenant=workspace, kind="journey", sender=None)
-    CampaignStepFactory(tenant=workspace, campaign=campaign, subject="", body="{{ settings.SECRET_KEY }}")
+    CampaignStepFactory(tenant=workspace, campaign=campaign, position=1, subject="", body="{{ settings.SECRET_KEY }}")
     with tenant_scope(workspace):
         found = transitions.problems(campaign)
         with pytest.raises(transitions.TransitionError):
@@ -81,6 +81,18 @@ def test_broadcast_goes_from_draft_to_scheduled_to_sending_and_can_be_paused_res
         assert Message.objects.get().skip_reason == "cancelled"
         with pytest.raises(transitions.TransitionError):
             transitions.resume(campaign)
+
+
+@pytest.mark.django_db
+def test_a_paused_broadcast_without_a_time_goes_out_when_resumed(workspace):
+    CustomerFactory(tenant=workspace, email_opt_in=True)
+    campaign = CampaignFactory(tenant=workspace, status="paused", scheduled_at=None)
+    CampaignStepFactory(tenant=workspace, campaign=campaign)
+    with tenant_scope(workspace):
+        transitions.resume(campaign)
+        dispatch_due()
+        assert Message.objects.filter(campaign=campaign).count() == 1
+    assert campaign.status == "scheduled" and campaign.scheduled_at is not None
 
 
 @pytest.mark.django_db

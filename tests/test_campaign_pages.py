@@ -174,6 +174,23 @@ def test_a_recurring_campaign_keeps_its_crontab_in_celery_beat(marketer_client, 
     assert task.crontab.hour == "7" and PeriodicTask.objects.filter(task="campaigns.tasks.run_recurring").count() == 1
 
 
+def test_a_campaign_that_stops_recurring_loses_its_beat_entry(marketer_client, workspace):
+    marketer_client.post(url(workspace, "new/"), campaign_form(name="Digest", kind="recurring"))
+    campaign = campaign_named(workspace, "Digest")
+    assert PeriodicTask.objects.filter(pk=campaign.schedule_id).exists()
+    marketer_client.post(url(workspace, f"{campaign.pk}/edit/"), campaign_form(name="Digest", kind="broadcast"))
+    assert campaign_named(workspace, "Digest").schedule_id is None
+    assert not PeriodicTask.objects.filter(task="campaigns.tasks.run_recurring").exists()
+
+
+def test_a_scheduled_broadcast_keeps_a_time(marketer_client, workspace):
+    at = timezone.now() + dt.timedelta(days=1)
+    campaign = CampaignFactory(tenant=workspace, name="Spring sale", status="scheduled", scheduled_at=at)
+    response = marketer_client.post(url(workspace, f"{campaign.pk}/edit/"), campaign_form(scheduled_at=""))
+    assert response.status_code == 400 and "A scheduled broadcast needs its time" in page_text(response)
+    assert campaign_named(workspace, "Spring sale").scheduled_at == at
+
+
 def test_an_impossible_crontab_is_explained_and_nothing_is_saved(marketer_client, workspace):
     response = marketer_client.post(url(workspace, "new/"), campaign_form(name="Broken", kind="recurring", hour="25"))
     assert response.status_code == 400
