@@ -230,6 +230,25 @@ def test_template_errors_from_the_sandbox_show_next_to_the_field(marketer_client
     assert in_scope(workspace, lambda: CampaignStep.objects.count()) == 0
 
 
+@pytest.mark.parametrize("body", [
+    "{{ ''.__class__.__mro__ }}",
+    "{% for i in range(10**9) %}x{% endfor %}",
+    "{{ 1 / 0 }}",
+    "{{ first_name|no_such_filter }}",
+    "{% include 'base.html' %}",
+    "{{ first_name * 100000000 }}",
+    "{% if %}",
+    "x" * 200_000,
+])
+def test_a_hostile_template_is_refused_with_a_message_never_a_500(marketer_client, workspace, body):
+    campaign = CampaignFactory(tenant=workspace)
+    response = marketer_client.post(url(workspace, f"{campaign.pk}/steps/new/"), {
+        "delay_days": "0", "delay_hours": "0", "subject": "Hello", "body": body, "body_format": "html"})
+    assert response.status_code == 400
+    assert response.context["form"].errors["body"]
+    assert in_scope(workspace, lambda: CampaignStep.objects.count()) == 0
+
+
 def test_steps_are_added_edited_reordered_and_removed(marketer_client, workspace):
     campaign = CampaignFactory(tenant=workspace)
     new_step = url(workspace, f"{campaign.pk}/steps/new/")
