@@ -92,7 +92,6 @@ def index(request, workspace_slug):
     context = {
         "page": page, "campaigns": page.object_list, "status": status, "kind": kind,
         "statuses": Campaign.Status.choices, "kinds": Campaign.Kind.choices, "query_string": filters.urlencode(),
-        "templates": journeys.JOURNEY_TEMPLATES.values(),
     }
     return _render(request, "campaigns/index.html", context, partial="results")
 
