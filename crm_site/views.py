@@ -26,6 +26,7 @@ def home(request):
 
 def dashboard(request, workspace_slug):
     from customers.models import Customer, Order
+    from lifecycle import analytics
 
     order_totals = Order.objects.aggregate(orders=Count("id"), revenue=Sum("total"))
     context = {
@@ -35,6 +36,8 @@ def dashboard(request, workspace_slug):
         "order_count": order_totals["orders"] or 0,
         "revenue": order_totals["revenue"] or 0,
         "recent_jobs": BackgroundJob.objects.all()[:5],
+        "lifecycle": analytics.stage_summary(workspace_slug),
+        "pareto": analytics.revenue_concentration(workspace_slug),
     }
     return render(request, "dashboard.html", context)
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from crm_site.tenancy import current_tenant_id, tenant_transaction
@@ -51,6 +52,7 @@ from customers.normalize import (
     normalize_phone,
     normalize_time_zone,
 )
+from customers.signals import send_orders_changed
 
 log = logging.getLogger(__name__)
 
@@ -767,6 +769,11 @@ def run_import(run: ImportRun, progress: ProgressCallback | None = None) -> Outc
             outcome.skipped = outcome.error_rows
             with tenant_transaction():
                 _MERGES[run.kind](stage, plan, run, outcome)
+                staged = RawSQL(f"SELECT order_external_id FROM {stage.table}", ())
+                touched = (list(Order.objects.filter(external_id__in=staged).order_by()
+                                .values_list("customer_id", flat=True).distinct())
+                           if run.kind == ImportRun.Kind.ORDERS else [])
+            send_orders_changed(run.tenant_id, touched)  # committed: lifecycle refreshes these customers
             status = ImportRun.Status.IMPORTED
         if outcome.error_rows:
             progress(outcome.rows, "Writing the error report…")

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.db import transaction
 from django.db.models import F, Min, OuterRef, Subquery
 from django.db.models.functions import Least
 from django.utils import timezone
@@ -20,6 +21,7 @@ from django.utils import timezone
 from crm_site.tenancy import current_tenant_id
 from customers import consent
 from customers.models import ConsentEvent, Customer, Interaction, Order, OrderLine, Product
+from customers.signals import send_orders_changed
 
 CUSTOMER_FIELDS = ("email", "phone", "first_name", "last_name", "time_zone", "locale", "first_seen_at")
 ORDER_FIELDS = ("customer_id", "placed_at", "total", "refunded_amount", "currency", "channel", "status")
@@ -290,6 +292,8 @@ def upsert_orders(records: list[dict], *, default_currency: str = "EUR") -> list
     )
     if new_orders:
         _pull_first_seen_back({order.customer_id for order in new_orders})
+    touched = {order.customer_id for status, order in statuses if status != "unchanged"}
+    transaction.on_commit(lambda: send_orders_changed(tenant_id, touched))  # bulk writes send no post_save
     return [UpsertResult(order.external_id, status, order.pk) for status, order in statuses]
 
 

@@ -5,4 +5,6 @@ from lifecycle import views
 app_name = "lifecycle"
 urlpatterns = [
     path("", views.index, name="index"),
+    path("refresh/", views.refresh, name="refresh"),
+    path("settings/", views.policy_settings, name="settings"),
 ]
