@@ -357,3 +357,86 @@ def test_anniversary_is_the_first_order_day_in_the_customer_time_zone(workspace)
     refresh(workspace, now=dt.datetime(2028, 2, 28, 20, tzinfo=dt.UTC))  # 28 Feb in both zones
     assert metrics_of(angeleno).is_reward_due
     assert not metrics_of(in_utc).is_reward_due
+
+
+# --- Each threshold follows the workspace's policy, at its boundary ---------------------------------------
+
+
+@pytest.mark.parametrize(("policy", "days_ago", "stage"), [
+    ({"lapsed_days": 200}, (199,), "at_risk"),
+    ({"lapsed_days": 200}, (200,), "lapsed"),
+    ({"one_time_buyer_at_risk_days": 60}, (60,), "active"),
+    ({"one_time_buyer_at_risk_days": 60}, (61,), "at_risk"),
+    ({"at_risk_min_days": 30}, (36, 34, 32, 30), "active"),  # usual gap 2 days: the 30-day floor decides
+    ({"at_risk_min_days": 30}, (37, 35, 33, 31), "at_risk"),
+])
+def test_stage_thresholds_follow_the_policy_at_their_boundary(workspace, policy, days_ago, stage):
+    set_policy(workspace, **policy)
+    person = history(workspace, *days_ago)
+    refresh(workspace)
+    assert stage_of(person) == stage
+
+
+def test_reinforce_window_follows_the_policy(workspace):
+    set_policy(workspace, reinforce_window_days=3)
+    two_days = history(workspace, 100, 60, 2)
+    three_days = history(workspace, 100, 60, 3)
+    refresh(workspace)
+    assert metrics_of(two_days).is_reinforce_due
+    assert not metrics_of(three_days).is_reinforce_due
+
+
+def test_a_heavy_user_overtaken_by_others_loses_the_flag_with_an_event(workspace):
+    whale = history(workspace, 10, total="800.00")
+    small = history(workspace, 10, total="200.00")
+    refresh(workspace)
+    assert metrics_of(whale).is_heavy_user and not metrics_of(small).is_heavy_user
+    for _ in range(3):
+        history(workspace, 5, total="2000.00")
+    refresh(workspace, now=NOW + DAY)
+    assert not metrics_of(whale).is_heavy_user
+    with tenant_scope(workspace):
+        on, off = LifecycleEvent.objects.filter(customer=whale, kind="heavy_user").order_by("occurred_at")
+    assert (on.from_value, on.to_value, on.reason) == ("off", "on", "12-month revenue 800.00; among the top customers")
+    assert (off.from_value, off.to_value, off.reason) == (
+        "on", "off", "no longer among the top customers by 12-month revenue")
+
+
+# --- Calendar days: leap years and daylight saving time ------------------------------------------------------
+
+
+def test_days_since_an_order_count_the_leap_day(workspace):
+    # 1 March 2023 to 29 February 2024 is 365 days (a leap year): lapsed; a year later, 365 days is 1 March.
+    leap = customer(workspace)
+    buy(leap, at=dt.datetime(2023, 3, 1, 12, tzinfo=dt.UTC))
+    refresh(workspace, now=dt.datetime(2024, 2, 29, 12, tzinfo=dt.UTC))
+    assert metrics_of(leap).days_since_last_order == 365
+    assert stage_of(leap) == "lapsed"
+
+    common = customer(workspace)
+    buy(common, at=dt.datetime(2024, 3, 1, 12, tzinfo=dt.UTC))
+    refresh(workspace, now=dt.datetime(2025, 2, 28, 12, tzinfo=dt.UTC))
+    assert metrics_of(common).days_since_last_order == 364
+    assert stage_of(common) == "at_risk"
+
+
+def test_a_first_order_on_a_leap_day_ends_onboarding_on_its_30th_calendar_day(workspace):
+    person = customer(workspace)
+    buy(person, at=dt.datetime(2024, 2, 29, 9, tzinfo=dt.UTC))
+    refresh(workspace, now=dt.datetime(2024, 3, 29, 23, tzinfo=dt.UTC))  # 29 days later
+    assert stage_of(person) == "onboarding"
+    refresh(workspace, now=dt.datetime(2024, 3, 30, 0, 30, tzinfo=dt.UTC))  # 30 days later
+    assert stage_of(person) == "active"
+
+
+def test_a_day_is_a_calendar_day_in_the_customer_zone_across_daylight_saving_time(workspace):
+    # Berlin moved its clocks forward on 30 March 2025: 23:30 on the 29th to 23:30 on the 30th is 23 hours, one day.
+    berliner = customer(workspace, time_zone="Europe/Berlin")
+    buy(berliner, at=dt.datetime(2025, 3, 29, 22, 30, tzinfo=dt.UTC))  # 23:30 CET
+    refresh(workspace, now=dt.datetime(2025, 3, 30, 21, 30, tzinfo=dt.UTC))  # 23:30 CEST
+    assert metrics_of(berliner).days_since_last_order == 1
+    # And the autumn change: 00:30 on 26 October to 23:30 on the 26th is 24 hours but the same day.
+    autumn = customer(workspace, time_zone="Europe/Berlin")
+    buy(autumn, at=dt.datetime(2025, 10, 25, 22, 30, tzinfo=dt.UTC))  # 00:30 CEST on the 26th
+    refresh(workspace, now=dt.datetime(2025, 10, 26, 22, 30, tzinfo=dt.UTC))  # 23:30 CET on the 26th
+    assert metrics_of(autumn).days_since_last_order == 0
