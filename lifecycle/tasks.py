@@ -55,8 +55,11 @@ def refresh_workspace_job(job_id: int | None = None) -> None:
 
 @tenant_task(atomic=False, ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=5)
 def refresh_customers_job(customer_ids: list[int]) -> None:
-    """Refresh the given customers of the workspace in scope (after new orders)."""
-    runs.refresh_customers(current_tenant_id(), customer_ids)
+    """Refresh the given customers of the workspace in scope (after new orders); none once it is closed."""
+    tenant_id = current_tenant_id()
+    # Checked first: retrying a closed or deleted workspace's refresh would only fail five times more.
+    if Workspace.objects.filter(pk=tenant_id, is_active=True).exists():
+        runs.refresh_customers(tenant_id, customer_ids)
 
 
 def queue_customer_refresh(tenant_id: int, customer_ids) -> None:

@@ -222,6 +222,16 @@ def test_an_api_batch_announces_the_customers_whose_orders_changed(api, workspac
 
 
 @pytest.mark.django_db
+def test_a_queued_refresh_of_a_closed_or_deleted_workspace_does_nothing(workspace):
+    person = bulk_history(workspace, "C-1", 10)
+    workspace.is_active = False
+    workspace.save()
+    tasks.refresh_customers_job.apply(args=(workspace.pk, [person.pk])).get()
+    assert metrics_of(person) is None
+    tasks.refresh_customers_job.apply(args=(workspace.pk + 1000, [person.pk])).get()
+
+
+@pytest.mark.django_db
 def test_many_customers_at_once_queue_one_full_refresh_instead(workspace, monkeypatch):
     full, incremental = [], []
     monkeypatch.setattr(tasks.refresh_workspace_job, "delay", lambda *args: full.append(args))
