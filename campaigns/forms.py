@@ -37,7 +37,7 @@ class CampaignForm(forms.ModelForm):
     scheduled_at = forms.DateTimeField(
         required=False, label="Send at",
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
-        help_text="Broadcasts only, in UTC. Leave empty to send as soon as you schedule it.",
+        help_text="Broadcasts only, in the workspace's time zone. Leave empty to send as soon as you schedule it.",
     )
     minute = forms.CharField(max_length=60, initial="0", required=False)
     hour = forms.CharField(max_length=60, initial="9", required=False)
@@ -45,7 +45,8 @@ class CampaignForm(forms.ModelForm):
                                   help_text="0-6 (Sunday is 0), e.g. 1 for Mondays or 1-5 for weekdays.")
     day_of_month = forms.CharField(max_length=124, initial="*", required=False, label="Day of month")
     month_of_year = forms.CharField(max_length=64, initial="*", required=False, label="Month")
-    time_zone = forms.ChoiceField(choices=TIME_ZONE_CHOICES, initial="UTC", required=False)
+    time_zone = forms.ChoiceField(choices=TIME_ZONE_CHOICES, required=False, label="Time zone",
+                                  help_text="New recurring campaigns start in the workspace's zone.")
 
     class Meta:
         model = Campaign
@@ -57,6 +58,10 @@ class CampaignForm(forms.ModelForm):
 
     def __init__(self, *args, recurrence: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # The request runs in the workspace's zone (WorkspaceMiddleware): the send time is read in it, so say so.
+        zone_name = timezone.get_current_timezone_name()
+        self.fields["scheduled_at"].label = f"Send at ({zone_name})"
+        self.fields["time_zone"].initial = zone_name
         self.fields["segment"].queryset = Segment.objects.order_by("-is_builtin", "name")
         self.fields["segment"].empty_label = "Everyone (no segment)"
         self.fields["sender"].queryset = SenderIdentity.objects.all()
@@ -98,7 +103,7 @@ class CampaignForm(forms.ModelForm):
     def crontab(self) -> dict:
         """The recurrence fields as transitions.set_recurrence takes them."""
         values = {name: self.cleaned_data[name].strip() for name in CRONTAB_FIELDS}
-        return values | {"time_zone": self.cleaned_data.get("time_zone") or "UTC"}
+        return values | {"time_zone": self.cleaned_data.get("time_zone") or timezone.get_current_timezone_name()}
 
 
 def _check_template(source: str, **options) -> None:

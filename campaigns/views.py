@@ -337,7 +337,8 @@ def _transition_words(action: str, campaign: Campaign, result) -> str:
     if campaign.status == Campaign.Status.SENDING:
         return "Resumed: sending carries on."
     if campaign.scheduled_at and campaign.scheduled_at > timezone.now() + dt.timedelta(minutes=1):
-        return f"Scheduled for {timezone.localtime(campaign.scheduled_at):%Y-%m-%d %H:%M} UTC."
+        return (f"Scheduled for {timezone.localtime(campaign.scheduled_at):%Y-%m-%d %H:%M} "
+                f"({timezone.get_current_timezone_name()}).")
     return "Scheduled: it goes out within a minute."
 
 

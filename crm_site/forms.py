@@ -8,7 +8,13 @@ TIME_ZONE_CHOICES = [(name, name) for name in sorted(zoneinfo.available_timezone
 
 
 class WorkspaceSettingsForm(forms.ModelForm):
-    time_zone = forms.ChoiceField(choices=TIME_ZONE_CHOICES)
+    time_zone = forms.ChoiceField(
+        choices=TIME_ZONE_CHOICES, label="Time zone",
+        error_messages={"invalid_choice": "Unknown time zone “%(value)s”: choose one from the list, "
+                                          "such as Europe/Berlin."},
+        help_text="The shop's local time: every page shows times in it and every form reads them in it; "
+                  "new recurring campaigns start in it. Recurring campaigns keep the zone they were saved with.",
+    )
 
     class Meta:
         model = Workspace

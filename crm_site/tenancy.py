@@ -7,14 +7,16 @@
   scope (fail closed). ``platform_scope()`` is the explicit, audited way to see every workspace
   (Django admin for superusers, fan-out jobs).
 * ``WorkspaceMiddleware`` resolves ``/w/<slug>/`` once per request, checks membership and the view's
-  minimum role, and runs the view inside the workspace scope. An id from another workspace is a 404
-  because every view query goes through the scoped manager.
+  minimum role, and runs the view inside the workspace scope and the workspace's time zone (pages show
+  and forms read times in the shop's local time). An id from another workspace is a 404 because every
+  view query goes through the scoped manager.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
+import zoneinfo
 from contextlib import contextmanager
 
 from django.conf import settings
@@ -23,6 +25,7 @@ from django.db import connection, models, transaction
 from django.db.migrations.operations.base import Operation
 from django.http import Http404
 from django.urls import Resolver404, resolve
+from django.utils import timezone
 
 ALL_TENANTS = object()  # sentinel: platform scope, every workspace visible
 
@@ -237,6 +240,14 @@ def view_min_role(view_func, method: str) -> str:
     return max(role or "marketer", "marketer", key=ROLE_RANK.__getitem__)
 
 
+def workspace_time_zone(workspace) -> zoneinfo.ZoneInfo:
+    """Return the workspace's time zone; UTC when its name is empty or unknown (a page never fails on it)."""
+    try:
+        return zoneinfo.ZoneInfo(workspace.time_zone or "UTC")
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder name such as "Europe"
+        return zoneinfo.ZoneInfo("UTC")
+
+
 class WorkspaceMiddleware:
     """Resolve the workspace of /w/<slug>/ URLs, check membership and role once, run the view in scope."""
 
@@ -279,7 +290,7 @@ class WorkspaceMiddleware:
         request.membership = membership
         if request.session.get("last_workspace") != slug:  # unchanged sessions are not written back
             request.session["last_workspace"] = slug
-        with tenant_scope(membership.workspace):
+        with timezone.override(workspace_time_zone(membership.workspace)), tenant_scope(membership.workspace):
             response = self.get_response(request)
             if hasattr(response, "render") and not getattr(response, "is_rendered", True):
                 response.render()

@@ -50,7 +50,8 @@ def workspace_settings(request, workspace_slug):
         form.save()
         messages.success(request, "Workspace settings saved.")
         return redirect("workspace_settings", workspace_slug=workspace.slug)
-    return render(request, "settings/workspace.html", {"section": "settings", "form": form})
+    status = 400 if request.method == "POST" else 200
+    return render(request, "settings/workspace.html", {"section": "settings", "form": form}, status=status)
 
 
 def job_progress(request, workspace_slug, job_id):
