@@ -218,6 +218,23 @@ def test_retention_cohort_cells_are_the_share_of_the_cohort_ordering_each_month(
     assert re.findall(r'data-offset="\d+">([^<]*)</td>', joiner_row) == ["100%", "0%"]
 
 
+def test_cohorts_are_months_of_the_workspace_zone_and_their_links_agree(marketer_client, workspace):
+    workspace.time_zone = "America/Los_Angeles"
+    workspace.save()
+    # 03:00 UTC on the 1st is still the evening of the previous month in Los Angeles.
+    person = named(workspace, "Late Evening")
+    buy(person, at=month_start(2) + dt.timedelta(hours=3))
+    refresh_workspace(workspace)
+    html = html_of(marketer_client.get(lifecycle_url(workspace)))
+    previous = re.search(rf'<tr data-cohort="{month_start(3):%Y-%m}">(.*?)</tr>', html, re.S).group(1)
+    assert re.search(r'<td class="table-numeric">(\d+)</td>', previous).group(1) == "1"
+    link = re.search(r'<a href="([^"]+)">', previous).group(1).replace("&amp;", "&")
+    assert customers_behind(marketer_client, link) == ["Late Evening"]
+    following = re.search(rf'<tr data-cohort="{month_start(2):%Y-%m}">(.*?)</tr>', html, re.S).group(1)
+    link = re.search(r'<a href="([^"]+)">', following).group(1).replace("&amp;", "&")
+    assert customers_behind(marketer_client, link) == []
+
+
 def stage_event(workspace, person, to_value, at, from_value="at_risk"):
     with tenant_scope(workspace):
         LifecycleEvent.objects.create(customer=person, kind="stage", from_value=from_value, to_value=to_value,
