@@ -1,7 +1,8 @@
 """Background work with progress a page can show, and Celery tasks that enter a tenant's scope.
 
 A task takes the tenant id first. ``@tenant_task()`` runs short bodies inside one ``tenant_scope``
-(one transaction). Long bodies use ``@tenant_task(atomic=False)``: the workspace is set for the ORM and
+(one transaction), in the workspace's time zone like its pages (so "today" in a segment rule or a message
+is the shop's day, in a job as on the page). Long bodies use ``@tenant_task(atomic=False)``: the workspace is set for the ORM and
 the body commits its own batches with ``tenant_transaction()``, so ``report_progress`` is seen by the
 page while the work goes on.
 """
@@ -16,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from crm_site import tenancy
-from crm_site.models import BackgroundJob
+from crm_site.models import BackgroundJob, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +29,25 @@ def tenant_task(atomic: bool = True, **celery_options):
         @shared_task(name=f"{body.__module__}.{body.__name__}", **celery_options)
         @functools.wraps(body)
         def task(tenant_id: int, *args, **kwargs):
+            zone = _workspace_zone(tenant_id)
             if atomic:
-                with tenancy.tenant_scope(tenant_id):
+                with tenancy.tenant_scope(tenant_id), timezone.override(zone):
                     return body(*args, **kwargs)
             token = tenancy._current_tenant.set(int(tenant_id))
             try:
-                return body(*args, **kwargs)
+                with timezone.override(zone):
+                    return body(*args, **kwargs)
             finally:
                 tenancy._current_tenant.reset(token)
 
         return task
 
     return decorate
+
+
+def _workspace_zone(tenant_id: int):
+    workspace = Workspace.objects.filter(pk=tenant_id).only("time_zone").first()
+    return tenancy.workspace_time_zone(workspace) if workspace else timezone.get_default_timezone()
 
 
 def start_job(kind: str, *, user=None, total: int = 0, message: str = "") -> BackgroundJob:

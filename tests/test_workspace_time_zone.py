@@ -237,3 +237,29 @@ def test_a_marketer_cannot_change_the_zone(member_client, workspace):
     assert response.status_code == 403
     workspace.refresh_from_db()
     assert workspace.time_zone == "UTC"
+
+
+# --- Background jobs run in the workspace's zone too ------------------------------------------------
+
+from crm_site.jobs import tenant_task  # noqa: E402
+
+
+@tenant_task()
+def _local_day_of(instant_iso: str) -> str:
+    from django.utils import timezone
+
+    return timezone.localdate(dt.datetime.fromisoformat(instant_iso)).isoformat()
+
+
+@tenant_task(atomic=False)
+def _local_day_of_long_job(instant_iso: str) -> str:
+    from django.utils import timezone
+
+    return timezone.localdate(dt.datetime.fromisoformat(instant_iso)).isoformat()
+
+
+@pytest.mark.parametrize("task", [_local_day_of, _local_day_of_long_job])
+def test_a_job_counts_days_in_the_shops_zone_like_its_pages(berlin, other_workspace, task):
+    late_evening_utc = at_utc(2027, 1, 15, 23, 30).isoformat()  # already the 16th in Berlin
+    assert task.apply(args=[berlin.pk, late_evening_utc]).get() == "2027-01-16"
+    assert task.apply(args=[other_workspace.pk, late_evening_utc]).get() == "2027-01-15"
