@@ -379,7 +379,63 @@ _STATUSES = {
 }
 
 
+# Values a column repeats (amounts, quantities, currencies, statuses, an order's fields on each of its lines) are
+# parsed once per distinct text. The memory is bounded: after MEMO_LIMIT distinct texts it starts over if most
+# lookups were repeats, and stops remembering (but for the previous cell) if most were new, as with e-mail addresses.
+MEMO_LIMIT = 2048
+# Types whose parsing is worth remembering (text only checks a length).
+_MEMOIZED_TYPES = {"email", "phone", "datetime", "amount", "integer", "time_zone", "currency", "channel", "action",
+                   "status", "ip"}
+_UNSET = object()
+
+
+class _Rejected(str):
+    """A remembered InvalidValue message."""
+
+
+def _memoized(parse: Callable[[str], object], limit: int = MEMO_LIMIT) -> Callable[[str], object]:
+    """Return ``parse`` remembering its answer (or its complaint) per distinct text (see MEMO_LIMIT)."""
+    seen: dict[str, object] = {}
+    lookup = seen.get
+    hits = 0
+    remembering = True
+    previous_raw, previous_value = _UNSET, None
+
+    def parse_once(raw: str):
+        nonlocal hits, remembering, previous_raw, previous_value
+        if raw == previous_raw:
+            value = previous_value
+        else:
+            value = lookup(raw, _UNSET)
+            if value is _UNSET:
+                try:
+                    value = parse(raw)
+                except InvalidValue as error:
+                    value = _Rejected(str(error))
+                if remembering:
+                    if len(seen) >= limit:
+                        remembering = hits >= limit // 2
+                        seen.clear()
+                        hits = 0
+                    if remembering:
+                        seen[raw] = value
+            else:
+                hits += 1
+            previous_raw, previous_value = raw, value
+        if type(value) is _Rejected:
+            raise InvalidValue(value)
+        return value
+
+    return parse_once
+
+
 def _parser(spec: FieldSpec, options: ImportOptions) -> Callable[[str], object]:
+    """Return the function that turns a cell of ``spec``'s column into its stage value (raises InvalidValue)."""
+    parse = _plain_parser(spec, options)
+    return _memoized(parse) if spec.type in _MEMOIZED_TYPES else parse
+
+
+def _plain_parser(spec: FieldSpec, options: ImportOptions) -> Callable[[str], object]:
     if spec.type == "text":
         limit = spec.max_length
 
@@ -610,6 +666,7 @@ class _Stage:
         self.run, self.plan, self.sql = run, plan, dialect
         self.table = f"import_stage_{run.pk}"
         self.errors = f"import_errors_{run.pk}"
+        self.orders = f"import_orders_{run.pk}"
         self.columns = ["line_no"] + [spec.name for spec in plan.specs]
         types = ["bigint"] + [dialect.column_type(spec.sql_type) for spec in plan.specs]
         if plan.attributes:
@@ -633,6 +690,28 @@ class _Stage:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TABLE IF EXISTS {self.table}")
             cursor.execute(f"DROP TABLE IF EXISTS {self.errors}")
+            cursor.execute(f"DROP TABLE IF EXISTS {self.orders}")
+
+    def analyze(self) -> None:
+        """Give the planner the staged row counts (autovacuum never analyzes temporary tables)."""
+        if self.sql.postgres:
+            self.execute(f"ANALYZE {self.table}")
+            self.execute(f"ANALYZE {self.errors}")
+
+    def build_orders(self) -> None:
+        """(Re)build the table of the staged orders: each order's first line, with the sum of its lines.
+
+        One aggregate and one hash join, instead of a subquery per line.
+        """
+        line_amount = "COALESCE(line_total, unit_price * COALESCE(quantity, 1))"
+        self.execute(f"DROP TABLE IF EXISTS {self.orders}")
+        self.execute(
+            f"CREATE TEMPORARY TABLE {self.orders} AS SELECT s.*, a.lines_total FROM {self.table} s JOIN "
+            f"(SELECT order_external_id, MIN(line_no) AS first_line, SUM({line_amount}) AS lines_total "
+            f"FROM {self.table} GROUP BY order_external_id) a ON s.line_no = a.first_line"
+        )
+        if self.sql.postgres:
+            self.execute(f"ANALYZE {self.orders}")
 
     def load(self, rows: list[list], errors: list[tuple]) -> None:
         """Bulk-load validated rows and error rows (COPY on PostgreSQL)."""
@@ -755,6 +834,7 @@ def run_import(run: ImportRun, progress: ProgressCallback | None = None) -> Outc
         except (CsvFileError, UnicodeDecodeError) as error:
             message = str(error) if isinstance(error, CsvFileError) else f"The file cannot be decoded: {error.reason}."
             return _fail(run, outcome, message)
+        stage.analyze()
         progress(outcome.rows, "Checking against the workspace's data…")
         with tenant_transaction():
             _SQL_CHECKS[run.kind](stage, plan, run)
@@ -876,11 +956,12 @@ def _check_customers(stage: _Stage, plan: RowPlan, run: ImportRun) -> None:
 def _check_orders(stage: _Stage, plan: RowPlan, run: ImportRun) -> None:
     t = stage.table
     if plan.has_lines:
+        stage.build_orders()
         # Lines of one order must name the same customer as its first line.
         stage.add_errors(
             f"SELECT s.line_no, %s, 'order ' || {_quoted('s.order_external_id')} || ' names another customer on line ' "
-            f"|| f.line_no, s.order_external_id FROM {t} s JOIN {t} f ON f.line_no = "
-            f"(SELECT MIN(line_no) FROM {t} m WHERE m.order_external_id = s.order_external_id) "
+            f"|| f.line_no, s.order_external_id FROM {t} s JOIN {stage.orders} f "
+            f"ON f.order_external_id = s.order_external_id "
             f"WHERE s.line_no <> f.line_no AND (COALESCE(s.customer_external_id, '') <> COALESCE(f.customer_external_id, '') "
             f"OR COALESCE(s.customer_email, '') <> COALESCE(f.customer_email, ''))",
             [plan.column_of.get("customer_external_id") or plan.column("customer_email")],
@@ -977,18 +1058,15 @@ def _merge_orders(stage: _Stage, plan: RowPlan, run: ImportRun, outcome: Outcome
     now = sql.datetime(timezone.now())
     mapped = set(plan.column_of)
     if plan.has_lines:
-        stage.execute(f"CREATE INDEX {t}_order ON {t} (order_external_id, line_no)")
-        first_line = f"s.line_no = (SELECT MIN(line_no) FROM {t} m WHERE m.order_external_id = s.order_external_id)"
-        line_amount = "COALESCE(l.line_total, l.unit_price * COALESCE(l.quantity, 1))"
-        lines_sum = f"(SELECT SUM({line_amount}) FROM {t} l WHERE l.order_external_id = s.order_external_id)"
-        total = f"COALESCE(s.total, {lines_sum}, 0)" if "total" in mapped else f"COALESCE({lines_sum}, 0)"
+        if outcome.error_rows:
+            stage.build_orders()  # without the orders whose lines were dropped
+        t = stage.orders  # one row per order
+        total = "COALESCE(s.total, s.lines_total, 0)" if "total" in mapped else "COALESCE(s.lines_total, 0)"
     else:
-        first_line = "1 = 1"
         total = "COALESCE(s.total, 0)"
-    orders = stage.scalar(f"SELECT COUNT(*) FROM {t} s WHERE {first_line}")
+    orders = stage.scalar(f"SELECT COUNT(*) FROM {t}")
     existing = stage.scalar(
-        f"SELECT COUNT(*) FROM {t} s JOIN customers_order o ON o.tenant_id = %s "
-        f"AND o.external_id = s.order_external_id WHERE {first_line}",
+        f"SELECT COUNT(*) FROM {t} s JOIN customers_order o ON o.tenant_id = %s AND o.external_id = s.order_external_id",
         [tenant],
     )
     values = {
@@ -1010,7 +1088,7 @@ def _merge_orders(stage: _Stage, plan: RowPlan, run: ImportRun, outcome: Outcome
     written = stage.execute(
         f"INSERT INTO customers_order (tenant_id, external_id, {', '.join(values)}, created_at) "
         f"SELECT %s, s.order_external_id, {', '.join(values.values())}, %s FROM {t} s {_customer_match('s')} "
-        f"WHERE {first_line} "
+        f"WHERE 1 = 1 "  # SQLite needs a WHERE before ON CONFLICT in INSERT … SELECT
         f"ON CONFLICT (tenant_id, external_id) DO UPDATE SET {assignments} WHERE ({current}) {sql.distinct} ({wanted})",
         [tenant, run_currency(plan), now, tenant, tenant],
     )
@@ -1039,7 +1117,7 @@ def _merge_lines(stage: _Stage, plan: RowPlan, run: ImportRun, outcome: Outcome)
     # The file's lines replace the stored lines of each order it contains; other orders are untouched.
     order_ids = (
         f"SELECT o.id FROM customers_order o WHERE o.tenant_id = %s AND o.external_id IN "
-        f"(SELECT order_external_id FROM {t})"
+        f"(SELECT order_external_id FROM {stage.orders})"
     )
     stage.execute(f"DELETE FROM customers_orderline WHERE tenant_id = %s AND order_id IN ({order_ids})",
                   [tenant, tenant])
