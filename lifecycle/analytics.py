@@ -2,7 +2,8 @@
 
 Every function runs in the workspace's scope and returns plain data ready for ``json_script`` (charts) or a
 template, each item with the customer-list link of the customers behind it. The heavier ones (cohorts, Pareto
-curve, CLV distribution) are cached until the next lifecycle run or for ten minutes.
+curve, CLV distribution) are kept per full lifecycle run: the refresh task computes them right after the run
+(``warm_charts``), so pages read them from the cache until the next one. Stage counts, flow and churn are live.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from crm_site.tenancy import current_tenant_id
 from customers.models import Order
 from lifecycle.models import CustomerMetrics, LifecycleEvent, LifecycleRun, Stage
 
-CACHE_SECONDS = 600
+# A full run (nightly) replaces the cached charts; this only bounds how long they outlive a stopped schedule.
+CACHE_SECONDS = 26 * 3600
 STAGE_ORDER = [Stage.PROSPECT, Stage.ONBOARDING, Stage.ACTIVE, Stage.AT_RISK, Stage.LAPSED]
 CLV_EDGES = [0, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]
 COHORT_MONTHS = 12
@@ -44,8 +46,16 @@ _LOOK_UP = object()  # "find the latest run yourself"; a page passes the one it 
 
 def _cached(name: str, compute, run=_LOOK_UP):
     run = latest_run() if run is _LOOK_UP else run
-    key = f"lifecycle:{current_tenant_id()}:{run.pk if run else 0}:{timezone.now():%Y%m%d%H}:{name}"
+    key = f"lifecycle:{current_tenant_id()}:{run.pk if run else 0}:{name}"
     return cache.get_or_set(key, compute, CACHE_SECONDS)
+
+
+def warm_charts(workspace) -> None:
+    """Compute and cache the per-run charts of the workspace (call in its scope, right after a full run)."""
+    run = latest_run()
+    revenue_concentration(workspace.slug, run=run)
+    clv_distribution(workspace.slug, run=run)
+    retention_cohorts(workspace.slug, workspace.time_zone, run=run)
 
 
 # --- Stages ------------------------------------------------------------------------------------------
@@ -89,13 +99,13 @@ def _month_starts(now: dt.datetime, months: int, zone: zoneinfo.ZoneInfo) -> lis
 
 
 def stage_flow(workspace_slug: str, time_zone: str, months: int = 12, now: dt.datetime | None = None) -> dict:
-    """Return, per month, how many customers entered each stage (from the transition events), and the last
-    30 days' transitions as from -> to counts.
+    """Return, per month, how many customers moved into each stage from another (the transition events; a
+    customer's first classification is no move), and the last 30 days' moves as from -> to counts.
     """
     zone = zoneinfo.ZoneInfo(time_zone)
     now = now or timezone.now()
     starts = _month_starts(now, months, zone)
-    rows = (LifecycleEvent.objects.filter(kind="stage", occurred_at__gte=starts[0])
+    rows = (LifecycleEvent.objects.filter(kind="stage", occurred_at__gte=starts[0]).exclude(from_value="")
             .annotate(month=TruncMonth("occurred_at", tzinfo=zone)).values("month", "to_value")
             .annotate(n=Count("id")).order_by())
     counts = {(row["month"].date().replace(day=1), row["to_value"]): row["n"] for row in rows}

@@ -14,8 +14,8 @@ from celery import shared_task
 
 from crm_site.jobs import report_progress, run_job, tenant_task
 from crm_site.models import Workspace
-from crm_site.tenancy import current_tenant_id
-from lifecycle import runs
+from crm_site.tenancy import current_tenant_id, tenant_scope
+from lifecycle import analytics, runs
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def refresh_workspace_job(job_id: int | None = None) -> None:
     tenant_id = current_tenant_id()
     if job_id is None:
         runs.refresh_workspace(tenant_id)
+        _warm_charts(tenant_id)
         return
 
     def work(job_id):
@@ -47,10 +48,21 @@ def refresh_workspace_job(job_id: int | None = None) -> None:
             report_progress(job_id, progress=step, total=total, message=message)
 
         result = runs.refresh_workspace(tenant_id, progress=progress)
+        _warm_charts(tenant_id)
         return {"customers": result.customers, "rows_written": result.rows_written,
                 "events_written": result.events_written, "model_kind": result.model_kind}
 
     run_job(job_id, work)
+
+
+def _warm_charts(tenant_id: int) -> None:
+    # The first page view after a run then reads the heavy charts from the cache; a failure only makes it slower.
+    try:
+        workspace = Workspace.objects.get(pk=tenant_id)
+        with tenant_scope(workspace):
+            analytics.warm_charts(workspace)
+    except Exception:
+        log.exception("could not precompute the lifecycle charts of workspace %s", tenant_id)
 
 
 @tenant_task(atomic=False, ignore_result=True, autoretry_for=(Exception,), retry_backoff=True, max_retries=5)

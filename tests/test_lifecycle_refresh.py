@@ -222,6 +222,24 @@ def test_an_api_batch_announces_the_customers_whose_orders_changed(api, workspac
 
 
 @pytest.mark.django_db
+def test_after_a_refresh_task_the_page_reads_the_heavy_charts_from_the_cache(member_client, workspace):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    bulk_history(workspace, "C-1", 40, 10, total="80.00")
+    bulk_history(workspace, "C-2", 300, total="20.00")
+    tasks.refresh_workspace_job.apply(args=(workspace.pk,)).get()
+    client = member_client(Role.VIEWER)
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get(reverse("lifecycle:index", args=[workspace.slug])).content.decode()
+    assert "The top 20% of the 2 buying customers bring" in page
+    statements = " ".join(query["sql"] for query in queries.captured_queries)
+    assert "NTILE" not in statements  # the Pareto curve
+    assert 'AS "b0"' not in statements  # the CLV histogram
+    assert "customers_order" not in statements  # the cohorts
+
+
+@pytest.mark.django_db
 def test_a_queued_refresh_of_a_closed_or_deleted_workspace_does_nothing(workspace):
     person = bulk_history(workspace, "C-1", 10)
     workspace.is_active = False
