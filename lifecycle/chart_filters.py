@@ -5,7 +5,7 @@ Registered in the customers list registry when the app is ready, like lifecycle.
 """
 
 from customers import listing
-from lifecycle.listing import with_metrics_in_scope
+from lifecycle.listing import metrics_range, with_metrics_in_scope
 
 FLAGS = [("heavy_user", "Heavy user"), ("reward_due", "Reward due"), ("reinforce_due", "Reinforce due")]
 _FLAG_FIELDS = {"heavy_user": "metrics__is_heavy_user", "reward_due": "metrics__is_reward_due",
@@ -16,26 +16,10 @@ def _filter_flag(queryset, flag):
     return with_metrics_in_scope(queryset).filter(**{_FLAG_FIELDS[flag]: True})
 
 
-def _filter_clv(queryset, low, high):
-    queryset = with_metrics_in_scope(queryset)
-    if low is not None:
-        queryset = queryset.filter(metrics__predicted_clv_12m__gte=low)
-    if high is not None:
-        queryset = queryset.filter(metrics__predicted_clv_12m__lte=high)
-    return queryset
-
-
-def _filter_first_order(queryset, low, high):
-    queryset = with_metrics_in_scope(queryset)
-    if low is not None:
-        queryset = queryset.filter(metrics__first_order_at__gte=listing.start_of_day(low))
-    if high is not None:
-        queryset = queryset.filter(metrics__first_order_at__lte=listing.end_of_day(high))
-    return queryset
-
-
 def register() -> None:
     """Register the chart filters in the customer list registry (idempotent)."""
     listing.register_choice_filter("flag", "Flag", FLAGS, _filter_flag, order=15)
-    listing.register_range_filter("clv", "Predicted 12-month CLV", "number", _filter_clv, order=35)
-    listing.register_range_filter("first_order", "First order", "date", _filter_first_order, order=45)
+    listing.register_range_filter("clv", "Predicted 12-month CLV", "number", metrics_range("predicted_clv_12m"),
+                                  order=35)
+    listing.register_range_filter("first_order", "First order", "date", metrics_range("first_order_at", dates=True),
+                                  order=45)

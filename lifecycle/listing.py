@@ -24,22 +24,20 @@ def _filter_stage(queryset, stage):
     return with_metrics_in_scope(queryset).filter(metrics__stage=stage)
 
 
-def _filter_spend(queryset, low, high):
-    queryset = with_metrics_in_scope(queryset)
-    if low is not None:
-        queryset = queryset.filter(metrics__revenue__gte=low)
-    if high is not None:
-        queryset = queryset.filter(metrics__revenue__lte=high)
-    return queryset
+def metrics_range(field: str, *, dates: bool = False):
+    """Return the ``apply(queryset, low, high)`` of a from/to filter on the metrics row's ``field`` (both ends
+    inclusive, None open); with ``dates`` the ends are days, from the start of ``low`` to the end of ``high``.
+    """
 
+    def apply(queryset, low, high):
+        queryset = with_metrics_in_scope(queryset)
+        if low is not None:
+            queryset = queryset.filter(**{f"metrics__{field}__gte": listing.start_of_day(low) if dates else low})
+        if high is not None:
+            queryset = queryset.filter(**{f"metrics__{field}__lte": listing.end_of_day(high) if dates else high})
+        return queryset
 
-def _filter_last_order(queryset, low, high):
-    queryset = with_metrics_in_scope(queryset)
-    if low is not None:
-        queryset = queryset.filter(metrics__last_order_at__gte=listing.start_of_day(low))
-    if high is not None:
-        queryset = queryset.filter(metrics__last_order_at__lte=listing.end_of_day(high))
-    return queryset
+    return apply
 
 
 def _annotate_metrics(queryset):
@@ -73,8 +71,9 @@ def customer_panel_context(customer) -> dict:
 def register() -> None:
     """Register lifecycle's filters, sorts, columns and panel in the customer list registry (idempotent)."""
     listing.register_choice_filter("stage", "Stage", Stage.choices, _filter_stage, order=10)
-    listing.register_range_filter("spend", "Total spend", "number", _filter_spend, order=30)
-    listing.register_range_filter("last_order", "Last order", "date", _filter_last_order, order=40)
+    listing.register_range_filter("spend", "Total spend", "number", metrics_range("revenue"), order=30)
+    listing.register_range_filter("last_order", "Last order", "date", metrics_range("last_order_at", dates=True),
+                                  order=40)
     # The metrics row's own customer id breaks ties, so one index on (tenant, revenue, customer) can walk it.
     listing.register_sort(listing.ListSort("spend", "Total spend", ("metrics__revenue", "metrics__customer_id"),
                                            descending=True, nullable=True, scope=with_metrics_in_scope, order=30))
