@@ -147,15 +147,38 @@ def _fast_commit() -> None:
             cursor.execute("SET LOCAL synchronous_commit TO OFF")
 
 
+_MARK_SENT_SQL = f"""
+    SELECT set_config('app.tenant_id', %s, true), set_config('app.bypass_rls', 'off', true),
+           set_config('synchronous_commit', 'off', true);
+    UPDATE {Message._meta.db_table}
+       SET status = 'sent', sent_at = %s, provider_message_id = %s, to_address = %s, error = '',
+           lease_owner = '', lease_expires_at = NULL
+     WHERE tenant_id = %s AND id = %s AND lease_owner = %s AND status = 'sending'
+"""
+
+
 def _mark_sent(message: Message, owner: str, provider_id: str, now: dt.datetime) -> bool:
-    with tenant_transaction():
-        _fast_commit()
-        return bool(
-            Message.objects.filter(pk=message.pk, lease_owner=owner, status=Message.Status.SENDING).update(
-                status=Message.Status.SENT, sent_at=now, provider_message_id=provider_id[:200],
-                to_address=message.to_address[:254], error="", lease_owner="", lease_expires_at=None,
+    """Record that the server accepted the message; return False when its lease was lost meanwhile.
+
+    Once per message, so on PostgreSQL it is one round trip instead of five (BEGIN, tenant, commit mode,
+    UPDATE, COMMIT): the statements go as one multi-statement query, which PostgreSQL runs as one implicit
+    transaction, so the tenant setting (as tenant_transaction() makes it) and the asynchronous commit are
+    local to it.
+    """
+    values = (provider_id[:200], message.to_address[:254])
+    if connection.vendor != "postgresql":
+        with tenant_transaction():
+            return bool(
+                Message.objects.filter(pk=message.pk, lease_owner=owner, status=Message.Status.SENDING).update(
+                    status=Message.Status.SENT, sent_at=now, provider_message_id=values[0], to_address=values[1],
+                    error="", lease_owner="", lease_expires_at=None,
+                )
             )
-        )
+    tenant_id = current_tenant_id()
+    with connection.cursor() as cursor:
+        cursor.execute(_MARK_SENT_SQL, [str(tenant_id), now, *values, tenant_id, message.pk, owner])
+        cursor.nextset()
+        return cursor.rowcount == 1
 
 
 def _mark_failed(message: Message, owner: str, reason: str, *, status=Message.Status.FAILED,

@@ -412,3 +412,48 @@ def test_http_sms_provider_errors_are_retried_or_failed(sms_provider, workspace)
     with tenant_scope(workspace):
         message.refresh_from_db()
     assert message.status == "failed" and "400" in message.error
+
+
+# --- The MIME form of an outbox mail ---------------------------------------------------------------------
+
+
+def test_an_outbox_mail_reads_like_djangos_own_mime_form(settings):
+    """OutboxEmail writes its MIME form itself (fast); a mail client must see exactly what Django's would give."""
+    from email import message_from_bytes, policy
+
+    from django.core.mail import EmailMultiAlternatives
+
+    from campaigns.composing import OutboxEmail
+
+    long_link = "https://rapport.example/p/acme/unsubscribe/" + "eJyrVkrOz0vPTEnMU7JSUEpJLUosyczPU9JRUEoq" * 5 + "/"
+    fields = dict(
+        subject="Grüße, Zoë — 20 % off ☕ " + "and more " * 10,
+        body="Hallo Zoë,\n\n. a line starting with a dot\ntrailing space \n" + "x" * 200 + f"\n{long_link}",
+        from_email="Café Müller <news@café.example>", to=["Zoë Zett <zoe@exämple.org>"], reply_to=["hi@example.org"],
+        headers={"Message-ID": "<rapport.1.2@rapport.example>", "List-Unsubscribe": f"<{long_link}>",
+                 "List-Unsubscribe-Post": "List-Unsubscribe=One-Click"},
+    )
+    djangos, ours = EmailMultiAlternatives(**fields), OutboxEmail(**fields)
+    for mail in (djangos, ours):
+        mail.attach_alternative(f'<p>Grüße, <a href="{long_link}">Zoë</a></p>', "text/html")
+    expected = message_from_bytes(djangos.message(policy=policy.SMTP).as_bytes(), policy=policy.default)
+    raw = ours.message(policy=policy.SMTP).as_bytes()
+    received = message_from_bytes(raw, policy=policy.default)
+
+    for header in ("Subject", "From", "To", "Reply-To", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"):
+        assert received[header] == expected[header], header
+    for kind in ("plain", "html"):
+        assert received.get_body((kind,)).get_content() == expected.get_body((kind,)).get_content()
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n")) and b"\n" not in raw.replace(b"\r\n", b"")
+    assert f"List-Unsubscribe: <{long_link}>".encode() in raw  # one line: clients read the link as it is
+
+
+def test_a_line_break_in_a_subject_cannot_add_a_header():
+    from email import message_from_bytes, policy
+
+    from campaigns.composing import OutboxEmail
+
+    mail = OutboxEmail(subject="Hello\r\nBcc: victim@example.org", body="Hi", to=["ann@example.org"])
+    mail.attach_alternative("<p>Hi</p>", "text/html")
+    received = message_from_bytes(mail.message(policy=policy.SMTP).as_bytes(), policy=policy.default)
+    assert received["Bcc"] is None and received["Subject"] == "Hello Bcc: victim@example.org"
