@@ -3,7 +3,6 @@
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.db.models import Count, Sum
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template import loader
@@ -25,19 +24,20 @@ def home(request):
 
 
 def dashboard(request, workspace_slug):
-    from customers.models import Customer, Order
+    """The workspace's headline numbers (kept briefly, never every order counted per view) and lifecycle cards."""
     from lifecycle import analytics
 
-    order_totals = Order.objects.aggregate(orders=Count("id"), revenue=Sum("total"))
+    totals = analytics.shop_totals()
+    run = analytics.latest_run()
     context = {
         "section": "dashboard",
-        "customer_count": Customer.objects.count(),
-        "email_opt_in_count": Customer.objects.filter(email_opt_in=True).count(),
-        "order_count": order_totals["orders"] or 0,
-        "revenue": order_totals["revenue"] or 0,
+        "customer_count": totals["customers"],
+        "email_opt_in_count": totals["email_opt_ins"],
+        "order_count": totals["orders"],
+        "revenue": totals["revenue"],
         "recent_jobs": BackgroundJob.objects.all()[:5],
-        "lifecycle": analytics.stage_summary(workspace_slug),
-        "pareto": analytics.revenue_concentration(workspace_slug),
+        "lifecycle": analytics.stage_summary(workspace_slug, stamp=analytics.live_stamp(run)),
+        "pareto": analytics.revenue_concentration(workspace_slug, run=run),
     }
     return render(request, "dashboard.html", context)
 

@@ -3,29 +3,38 @@
 Every function runs in the workspace's scope and returns plain data ready for ``json_script`` (charts) or a
 template, each item with the customer-list link of the customers behind it. The heavier ones (cohorts, Pareto
 curve, CLV distribution) are kept per full lifecycle run: the refresh task computes them right after the run
-(``warm_charts``), so pages read them from the cache until the next one. Stage counts, flow and churn are live.
+(``warm_charts``), so pages read them from the cache until the next one. Stage counts, flow and churn follow
+every change: pages pass a ``live_stamp`` (latest run, latest transition, last incremental refresh), and the
+numbers are kept under it, so the next change makes the next view count again. ``shop_totals`` holds the
+Dashboard's customer and order counts without counting every order on each view.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 import zoneinfo
 from urllib.parse import urlencode
 
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.db.models.functions import TruncMonth
 from django.urls import reverse
 from django.utils import timezone
 
 from crm_site.tenancy import current_tenant_id
-from customers.models import Order
+from customers.models import Customer, Order
 from lifecycle.models import CustomerMetrics, LifecycleEvent, LifecycleRun, Stage
 
 # A full run (nightly) replaces the cached charts; this only bounds how long they outlive a stopped schedule.
 CACHE_SECONDS = 26 * 3600
+# Live numbers are kept under their stamp; this only bounds a change no stamp sees (a customer deleted).
+LIVE_SECONDS = 10 * 60
+# Edits and deletions of older customers and orders reach the Dashboard's totals within this (new rows at once).
+TOTALS_SECONDS = 5 * 60
 STAGE_ORDER = [Stage.PROSPECT, Stage.ONBOARDING, Stage.ACTIVE, Stage.AT_RISK, Stage.LAPSED]
+ALIVE_STAGES = (Stage.ONBOARDING, Stage.ACTIVE, Stage.AT_RISK)
 CLV_EDGES = [0, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000]
 COHORT_MONTHS = 12
 
@@ -50,6 +59,31 @@ def _cached(name: str, compute, run=_LOOK_UP):
     return cache.get_or_set(key, compute, CACHE_SECONDS)
 
 
+def live_stamp(run=_LOOK_UP) -> str:
+    """Return the stamp of the workspace's live lifecycle numbers: its latest run, its latest transition and the
+    last incremental refresh (``forget_live_numbers``); any write of stages or flags changes one of them.
+    """
+    run = latest_run() if run is _LOOK_UP else run
+    last_event = LifecycleEvent.objects.order_by("-id").values_list("id", flat=True).first()
+    version = cache.get_or_set(_version_key(current_tenant_id()), time.time_ns, None)
+    return f"{run.pk if run else 0}:{last_event or 0}:{version}"
+
+
+def forget_live_numbers(tenant_id: int) -> None:
+    """Make the next view of the workspace count its live numbers again (after an incremental refresh wrote)."""
+    cache.set(_version_key(tenant_id), time.time_ns(), None)
+
+
+def _version_key(tenant_id: int) -> str:
+    return f"lifecycle:{tenant_id}:version"
+
+
+def _kept_live(name: str, compute, stamp: str | None):
+    if stamp is None:
+        return compute()
+    return cache.get_or_set(f"lifecycle:{current_tenant_id()}:live:{stamp}:{name}", compute, LIVE_SECONDS)
+
+
 def warm_charts(workspace) -> None:
     """Compute and cache the per-run charts of the workspace (call in its scope, right after a full run)."""
     run = latest_run()
@@ -61,17 +95,23 @@ def warm_charts(workspace) -> None:
 # --- Stages ------------------------------------------------------------------------------------------
 
 
-def stage_summary(workspace_slug: str) -> dict:
-    """Return customers per stage and per flag, and the 12-month revenue and predicted CLV of at-risk customers."""
-    row = CustomerMetrics.objects.aggregate(
-        **{stage.value: Count("id", filter=Q(stage=stage.value)) for stage in STAGE_ORDER},
-        heavy_users=Count("id", filter=Q(is_heavy_user=True)),
-        reward_due=Count("id", filter=Q(is_reward_due=True)),
-        reinforce_due=Count("id", filter=Q(is_reinforce_due=True)),
-        at_risk_revenue=Sum("trailing_revenue_12m", filter=Q(stage=Stage.AT_RISK)),
-        at_risk_clv=Sum("predicted_clv_12m", filter=Q(stage=Stage.AT_RISK)),
-        total=Count("id"),
-    )
+def stage_summary(workspace_slug: str, *, stamp: str | None = None) -> dict:
+    """Return customers per stage and per flag, and the 12-month revenue and predicted CLV of at-risk customers
+    (counted again when ``stamp`` changes; always when it is None).
+    """
+
+    def compute():
+        return CustomerMetrics.objects.aggregate(
+            **{stage.value: Count("id", filter=Q(stage=stage.value)) for stage in STAGE_ORDER},
+            heavy_users=Count("id", filter=Q(is_heavy_user=True)),
+            reward_due=Count("id", filter=Q(is_reward_due=True)),
+            reinforce_due=Count("id", filter=Q(is_reinforce_due=True)),
+            at_risk_revenue=Sum("trailing_revenue_12m", filter=Q(stage=Stage.AT_RISK)),
+            at_risk_clv=Sum("predicted_clv_12m", filter=Q(stage=Stage.AT_RISK)),
+            total=Count("id"),
+        )
+
+    row = _kept_live("summary", compute, stamp)
     stages = [{"stage": stage.value, "label": stage.label, "count": row[stage.value],
                "url": customers_url(workspace_slug, stage=stage.value)} for stage in STAGE_ORDER]
     return {
@@ -98,59 +138,106 @@ def _month_starts(now: dt.datetime, months: int, zone: zoneinfo.ZoneInfo) -> lis
     return starts[::-1]
 
 
-def stage_flow(workspace_slug: str, time_zone: str, months: int = 12, now: dt.datetime | None = None) -> dict:
+def stage_flow(workspace_slug: str, time_zone: str, months: int = 12, now: dt.datetime | None = None, *,
+               stamp: str | None = None) -> dict:
     """Return, per month, how many customers moved into each stage from another (the transition events; a
     customer's first classification is no move), and the last 30 days' moves as from -> to counts.
     """
     zone = zoneinfo.ZoneInfo(time_zone)
     now = now or timezone.now()
     starts = _month_starts(now, months, zone)
-    rows = (LifecycleEvent.objects.filter(kind="stage", occurred_at__gte=starts[0]).exclude(from_value="")
-            .annotate(month=TruncMonth("occurred_at", tzinfo=zone)).values("month", "to_value")
-            .annotate(n=Count("id")).order_by())
-    counts = {(row["month"].date().replace(day=1), row["to_value"]): row["n"] for row in rows}
+
+    def compute():
+        moves = LifecycleEvent.objects.filter(kind="stage").exclude(from_value="")
+        rows = (moves.filter(occurred_at__gte=starts[0])
+                .annotate(month=TruncMonth("occurred_at", tzinfo=zone)).values("month", "to_value")
+                .annotate(n=Count("id")).order_by())
+        recent = (moves.filter(occurred_at__gte=now - dt.timedelta(days=30)).values("from_value", "to_value")
+                  .annotate(n=Count("id")).order_by("-n")[:12])
+        return ([(row["month"].date().replace(day=1), row["to_value"], row["n"]) for row in rows],
+                [(row["from_value"], row["to_value"], row["n"]) for row in recent])
+
+    monthly, recent = _kept_live(f"flow:{time_zone}:{starts[0]:%Y-%m}:{months}", compute, stamp)
+    counts = {(month, to_value): n for month, to_value, n in monthly}
     labels = [start.strftime("%Y-%m") for start in starts]
     datasets = [
         {"stage": stage.value, "label": stage.label, "url": customers_url(workspace_slug, stage=stage.value),
          "data": [counts.get((start.date(), stage.value), 0) for start in starts]}
         for stage in STAGE_ORDER
     ]
-    recent = (LifecycleEvent.objects.filter(kind="stage", occurred_at__gte=now - dt.timedelta(days=30))
-              .exclude(from_value="").values("from_value", "to_value").annotate(n=Count("id")).order_by("-n")[:12])
     labels_of = dict(Stage.choices)
-    transitions = [{"from": labels_of.get(row["from_value"], row["from_value"]),
-                    "to": labels_of.get(row["to_value"], row["to_value"]), "count": row["n"],
-                    "url": customers_url(workspace_slug, stage=row["to_value"])} for row in recent]
+    transitions = [{"from": labels_of.get(from_value, from_value), "to": labels_of.get(to_value, to_value),
+                    "count": n, "url": customers_url(workspace_slug, stage=to_value)}
+                   for from_value, to_value, n in recent]
     return {"labels": labels, "datasets": datasets, "transitions": transitions}
 
 
-def churn_rate(workspace_slug: str, time_zone: str, months: int = 12, now: dt.datetime | None = None) -> dict:
+def churn_rate(workspace_slug: str, time_zone: str, months: int = 12, now: dt.datetime | None = None, *,
+               stamp: str | None = None, alive_now: int | None = None) -> dict:
     """Return the monthly churn rate: customers who lapsed that month ÷ customers alive (onboarding, active or
-    at risk) at the month's first lifecycle run (else the latest run before it, else today).
+    at risk) at the month's first lifecycle run (else the latest run before it, else today: ``alive_now``, the
+    page's stage counts, or counted).
     """
     zone = zoneinfo.ZoneInfo(time_zone)
     now = now or timezone.now()
     starts = _month_starts(now, months, zone)
-    lapsed_rows = (LifecycleEvent.objects.filter(kind="stage", to_value=Stage.LAPSED, occurred_at__gte=starts[0])
-                   .exclude(from_value="").annotate(month=TruncMonth("occurred_at", tzinfo=zone))
-                   .values("month").annotate(n=Count("id")).order_by())
-    lapsed = {row["month"].date().replace(day=1): row["n"] for row in lapsed_rows}
-    alive_stages = (Stage.ONBOARDING, Stage.ACTIVE, Stage.AT_RISK)
-    # Runs of the window and a month before it (the first month's base); nightly runs keep this ~400 rows.
-    runs = list(LifecycleRun.objects.filter(started_at__lt=now, started_at__gte=starts[0] - dt.timedelta(days=31))
-                .order_by("started_at").values_list("started_at", "stage_counts"))
-    current = CustomerMetrics.objects.filter(stage__in=alive_stages).count()
+    alive_stages = ALIVE_STAGES
+
+    def compute():
+        lapsed_rows = (LifecycleEvent.objects.filter(kind="stage", to_value=Stage.LAPSED, occurred_at__gte=starts[0])
+                       .exclude(from_value="").annotate(month=TruncMonth("occurred_at", tzinfo=zone))
+                       .values("month").annotate(n=Count("id")).order_by())
+        # Runs of the window and a month before it (the first month's base); nightly runs keep this ~400 rows.
+        runs = list(LifecycleRun.objects.filter(started_at__lt=now, started_at__gte=starts[0] - dt.timedelta(days=31))
+                    .order_by("started_at").values_list("started_at", "stage_counts"))
+        return {row["month"].date().replace(day=1): row["n"] for row in lapsed_rows}, runs
+
+    lapsed, runs = _kept_live(f"churn:{time_zone}:{starts[0]:%Y-%m}:{months}", compute, stamp)
     points = []
     for position, start in enumerate(starts):
         end = starts[position + 1] if position + 1 < len(starts) else now
         before = [counts for started_at, counts in runs if started_at <= start]
         within = [counts for started_at, counts in runs if start < started_at < end]
         chosen = before[-1] if before else (within[0] if within else None)
-        base = sum((chosen or {}).get(stage.value, 0) for stage in alive_stages) if chosen else current
+        if not chosen and alive_now is None:
+            alive_now = CustomerMetrics.objects.filter(stage__in=alive_stages).count()
+        base = sum((chosen or {}).get(stage.value, 0) for stage in alive_stages) if chosen else alive_now
         count = lapsed.get(start.date(), 0)
         points.append({"month": start.strftime("%Y-%m"), "lapsed": count, "base": base,
                        "rate": round(100.0 * count / base, 2) if base else 0.0})
     return {"points": points, "url": customers_url(workspace_slug, stage=Stage.LAPSED.value)}
+
+
+# --- Dashboard totals --------------------------------------------------------------------------------
+
+
+def shop_totals() -> dict:
+    """Return the workspace's customers, e-mail opt-ins, orders (every status) and their revenue (sum of totals).
+
+    Counted in full at most every ``TOTALS_SECONDS``; in between, the customers and orders added since (ids past
+    the highest one counted) are added on every call through the primary key, so a new customer or order shows at
+    once, and an edit or deletion of an older one (an opt-out, a changed total) within ``TOTALS_SECONDS``.
+    """
+    key = f"dashboard:{current_tenant_id()}:totals"
+    counted = cache.get(key)
+    if counted is None:
+        counted = {**Customer.objects.aggregate(**_customer_totals()), **Order.objects.aggregate(**_order_totals())}
+        cache.set(key, counted, TOTALS_SECONDS)
+        added = {}
+    else:
+        added = {**Customer.objects.filter(pk__gt=counted["last_customer"] or 0).aggregate(**_customer_totals()),
+                 **Order.objects.filter(pk__gt=counted["last_order"] or 0).aggregate(**_order_totals())}
+    return {name: (counted[name] or 0) + (added.get(name) or 0)
+            for name in ("customers", "email_opt_ins", "orders", "revenue")}
+
+
+def _customer_totals() -> dict:
+    return {"customers": Count("id"), "email_opt_ins": Count("id", filter=Q(email_opt_in=True)),
+            "last_customer": Max("id")}
+
+
+def _order_totals() -> dict:
+    return {"orders": Count("id"), "revenue": Sum("total"), "last_order": Max("id")}
 
 
 # --- Revenue -----------------------------------------------------------------------------------------

@@ -80,6 +80,10 @@ class LifecycleEvent(TenantModel):
         indexes = [
             models.Index(fields=["tenant", "customer", "-occurred_at"]),
             models.Index(fields=["tenant", "kind", "to_value", "occurred_at"]),
+            # The Lifecycle page's latest transition (its cache stamp) and its moves between stages per month.
+            models.Index(fields=["tenant", "-id"], name="lifecycle_event_latest"),
+            models.Index(fields=["tenant", "occurred_at"], include=["to_value", "from_value"], name="lifecycle_event_moves",
+                         condition=models.Q(kind="stage") & ~models.Q(from_value="")),
         ]
         ordering = ["-occurred_at", "-id"]
 

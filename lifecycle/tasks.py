@@ -72,6 +72,7 @@ def refresh_customers_job(customer_ids: list[int]) -> None:
     # Checked first: retrying a closed or deleted workspace's refresh would only fail five times more.
     if Workspace.objects.filter(pk=tenant_id, is_active=True).exists():
         runs.refresh_customers(tenant_id, customer_ids)
+        analytics.forget_live_numbers(tenant_id)  # committed by now: the next page view counts the stages again
 
 
 def queue_customer_refresh(tenant_id: int, customer_ids) -> None:

@@ -24,13 +24,15 @@ def page_context(workspace) -> dict:
     """Return everything the Lifecycle page shows: summary, chart data (with links) and the model's status."""
     slug, zone = workspace.slug, workspace.time_zone
     run = analytics.latest_run()
-    summary = analytics.stage_summary(slug)
+    stamp = analytics.live_stamp(run)
+    summary = analytics.stage_summary(slug, stamp=stamp)
     pareto = analytics.revenue_concentration(slug, run=run)
+    alive_now = sum(stage["count"] for stage in summary["stages"] if stage["stage"] in analytics.ALIVE_STAGES)
     charts = {
         "stages": summary["stages"],
-        "flow": analytics.stage_flow(slug, zone),
+        "flow": analytics.stage_flow(slug, zone, stamp=stamp),
         "pareto": pareto,
-        "churn": analytics.churn_rate(slug, zone),
+        "churn": analytics.churn_rate(slug, zone, stamp=stamp, alive_now=alive_now),
         "clv": analytics.clv_distribution(slug, run=run),
     }
     return {

@@ -361,6 +361,56 @@ def test_dashboard_shows_lifecycle_numbers_in_few_queries(marketer_client, works
     assert f'href="{lifecycle_url(workspace)}" id="lifecycle-page-link"' in html
 
 
+# --- Kept numbers follow the data ---------------------------------------------------------------------------
+
+
+def test_at_risk_revenue_follows_an_incremental_refresh_made_after_the_page_was_read(marketer_client, workspace,
+                                                                                     stages_shop):
+    from lifecycle import tasks
+
+    assert metric(html_of(marketer_client.get(lifecycle_url(workspace))), "at-risk-revenue") == "115.00"
+    ben = stages_shop["at_risk"][1]
+    buy(ben, 195, total="5.00")  # still overdue, no flag switched: no transition, only her revenue changes
+    tasks.refresh_customers_job.apply(args=(workspace.pk, [ben.pk])).get()
+
+    html = html_of(marketer_client.get(lifecycle_url(workspace)))
+    assert metric(html, "at-risk-revenue") == "120.00"
+    assert stage_card(html, "at_risk")[1] == "2"
+    dashboard = html_of(marketer_client.get(reverse("dashboard", args=[workspace.slug])))
+    assert metric(dashboard, "at-risk-revenue") == "120.00"
+
+
+def test_a_recorded_transition_shows_in_the_counts_at_the_next_view(marketer_client, workspace, stages_shop):
+    html_of(marketer_client.get(lifecycle_url(workspace)))
+    ann = stages_shop["at_risk"][0]
+    with tenant_scope(workspace):
+        CustomerMetrics.objects.filter(customer=ann).update(stage="lapsed")
+    stage_event(workspace, ann, "lapsed", timezone.now(), from_value="at_risk")
+
+    html = html_of(marketer_client.get(lifecycle_url(workspace)))
+    assert stage_card(html, "at_risk")[1] == "1" and stage_card(html, "lapsed")[1] == "2"
+    assert re.search(r"<td>At risk</td><td><a [^>]+>Lapsed</a></td><td class=\"table-numeric\">1</td>", html)
+
+
+def dashboard_number(html, name) -> str:
+    return re.search(rf'data-metric="{name}">([^<]+)<', html).group(1)
+
+
+def test_dashboard_counts_new_customers_and_orders_at_once(marketer_client, workspace, other_workspace):
+    first = history(workspace, 30, 10, total="100.00", email_opt_in=True)
+    dashboard = reverse("dashboard", args=[workspace.slug])
+    html = html_of(marketer_client.get(dashboard))
+    assert [dashboard_number(html, name) for name in ("customers", "email-opt-ins", "orders", "revenue")] == \
+        ["1", "1", "2", "200"]
+
+    buy(first, 1, total="25.00")
+    history(workspace, 3, total="75.00", email_opt_in=False)
+    history(other_workspace, 3, total="999.00")
+    html = html_of(marketer_client.get(dashboard))
+    assert [dashboard_number(html, name) for name in ("customers", "email-opt-ins", "orders", "revenue")] == \
+        ["2", "1", "4", "300"]
+
+
 # --- Refresh button and roles ---------------------------------------------------------------------------------
 
 
