@@ -4,7 +4,8 @@ Exactly once, as far as it can be had
 -------------------------------------
 A batch is claimed in one short transaction (``SELECT … FOR UPDATE SKIP LOCKED`` on PostgreSQL, so
 parallel senders never take the same rows; on SQLite the write lock serialises claims): the rows become
-``sending`` with a lease (owner + expiry) and one more attempt. Each message is then delivered and
+``sending`` with a lease (owner + expiry) and one more attempt. Consent is re-checked at the claim and again
+while the batch is delivered (``ConsentWatch``), so a withdrawal stops the messages not yet handed over. Each message is then delivered and
 marked ``sent`` in its own commit right after the server accepted it. A sender that dies leaves its
 rows ``sending``; when the lease expires another sender claims them again, so nothing is lost.
 
@@ -122,19 +123,49 @@ def claim_batch(owner: str, *, limit: int, now: dt.datetime | None = None) -> tu
             lease_expires_at=now + dt.timedelta(seconds=settings.RAPPORT_SEND_LEASE_SECONDS),
             attempts=F("attempts") + 1,
         )
-        withdrawn = 0
-        for channel in Channel.values:
-            reachable = reachable_customers(channel, at=now).filter(pk=OuterRef("customer_id"))
-            withdrawn += (
-                Message.objects.filter(pk__in=ids, channel=channel)
-                .exclude(Exists(reachable))
-                .update(status=Message.Status.SUPPRESSED, skip_reason=Message.SkipReason.CONSENT_WITHDRAWN,
-                        lease_owner="", lease_expires_at=None)
-            )
+        withdrawn = suppress_withdrawn(ids, owner, now)
+        return [pk for pk in ids if pk not in withdrawn], len(withdrawn)
+
+
+def suppress_withdrawn(ids: list[int], owner: str, now: dt.datetime) -> set[int]:
+    """Suppress the messages among ``ids`` leased by ``owner`` whose customer may no longer be contacted on the
+    channel (consent withdrawn, address suppressed, paused); return their ids. One query when nobody withdrew."""
+    unreachable = Q()
+    for channel in Channel.values:
+        reachable = reachable_customers(channel, at=now).filter(pk=OuterRef("customer_id"))
+        unreachable |= Q(channel=channel) & ~Q(Exists(reachable))
+    with tenant_transaction():
+        withdrawn = set(
+            Message.objects.filter(unreachable, pk__in=ids, lease_owner=owner, status=Message.Status.SENDING)
+            .values_list("pk", flat=True)
+        )
         if withdrawn:
-            ids = list(Message.objects.filter(pk__in=ids, status=Message.Status.SENDING, lease_owner=owner)
-                       .values_list("pk", flat=True))
-        return ids, withdrawn
+            Message.objects.filter(pk__in=withdrawn).update(
+                status=Message.Status.SUPPRESSED, skip_reason=Message.SkipReason.CONSENT_WITHDRAWN,
+                lease_owner="", lease_expires_at=None,
+            )
+    return withdrawn
+
+
+class ConsentWatch:
+    """Re-checks the consent of a claimed batch's undelivered messages while it is delivered.
+
+    Delivering a batch takes a while; a customer who withdraws meanwhile must not get the rest of it.
+    The check is one query over the batch's remaining messages, at most every RAPPORT_SEND_CONSENT_RECHECK_SECONDS.
+    """
+
+    def __init__(self, owner: str):
+        self.owner = owner
+        self.interval = getattr(settings, "RAPPORT_SEND_CONSENT_RECHECK_SECONDS", 0.5)
+        self.next_check = time.monotonic() + self.interval  # the claim has just checked
+        self.withdrawn: set[int] = set()
+
+    def withdrew(self, message: Message, remaining: list[Message]) -> bool:
+        """Return True when the message may not be delivered any more (it is then recorded as suppressed)."""
+        if time.monotonic() >= self.next_check:
+            self.withdrawn |= suppress_withdrawn([m.pk for m in remaining], self.owner, timezone.now())
+            self.next_check = time.monotonic() + self.interval
+        return message.pk in self.withdrawn
 
 
 # --- Recording outcomes (each its own short commit) ----------------------------------------------------
@@ -312,11 +343,15 @@ def send_batch(*, owner: str | None = None, limit: int | None = None, now: dt.da
 
 def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent_ids) -> None:
     mail_connection = None
+    consent = ConsentWatch(owner)
     try:
         for index, message in enumerate(messages):
             if time.monotonic() > stop_at:
                 outcome.released += release([m.pk for m in messages[index:]], owner)
                 return
+            if consent.withdrew(message, messages[index:]):
+                outcome.suppressed += 1
+                continue
             message.to_address = message.customer.email
             if not message.to_address:
                 _mark_failed(message, owner, "No e-mail address", status=Message.Status.SUPPRESSED,
@@ -372,11 +407,15 @@ def _close_quietly(mail_connection) -> None:
 
 
 def _deliver_sms(messages, owner, contexts, stop_at, outcome, sent_ids) -> None:
+    consent = ConsentWatch(owner)
     with get_sms_backend() as backend:
         for index, message in enumerate(messages):
             if time.monotonic() > stop_at:
                 outcome.released += release([m.pk for m in messages[index:]], owner)
                 return
+            if consent.withdrew(message, messages[index:]):
+                outcome.suppressed += 1
+                continue
             message.to_address = message.customer.phone
             if not message.to_address:
                 _mark_failed(message, owner, "No phone number", status=Message.Status.SUPPRESSED,

@@ -138,6 +138,69 @@ def test_consent_withdrawn_after_dispatch_stops_the_message(smtp_sink, workspace
     assert stays.pk
 
 
+@pytest.fixture
+def holding_smtp(settings):
+    """An SMTP server that keeps its answer to the first mail until the test releases it."""
+    import asyncio
+
+    from aiosmtpd.controller import Controller
+
+    server = {"received": [], "first_mail": threading.Event(), "release": threading.Event()}
+
+    class Handler:
+        async def handle_DATA(self, smtp, session, envelope):
+            server["received"].extend(envelope.rcpt_tos)
+            if not server["first_mail"].is_set():
+                server["first_mail"].set()
+                await asyncio.get_running_loop().run_in_executor(None, server["release"].wait, 20)
+            return "250 OK"
+
+    port = _free_port()
+    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
+    try:
+        yield server
+    finally:
+        server["release"].set()
+        controller.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_consent_withdrawn_while_its_batch_is_being_delivered_stops_that_message(holding_smtp, workspace, settings):
+    from django.db import connection
+
+    settings.RAPPORT_SEND_CONSENT_RECHECK_SECONDS = 0
+    customers = [CustomerFactory(tenant=workspace, email=f"c{index}@example.org", email_opt_in=True)
+                 for index in range(5)]
+    campaign = live_broadcast(workspace)
+    with tenant_scope(workspace):
+        dispatch_due()
+
+    def sender():  # a worker: the batch of five is claimed at once, then delivered one by one
+        token = _enter(workspace)
+        try:
+            send_due(budget_seconds=20)
+        finally:
+            _leave(token)
+            connection.close()
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    assert holding_smtp["first_mail"].wait(20)  # the batch is claimed and its first mail is at the server
+    with tenant_scope(workspace):
+        unsubscribe(customers[3], "email", method="preference_centre")
+    holding_smtp["release"].set()
+    thread.join(30)
+
+    assert sorted(holding_smtp["received"]) == ["c0@example.org", "c1@example.org", "c2@example.org",
+                                                "c4@example.org"]
+    with tenant_scope(workspace):
+        message = Message.objects.get(campaign=campaign, customer=customers[3])
+    assert (message.status, message.skip_reason) == ("suppressed", "consent_withdrawn")
+
+
 @pytest.mark.django_db
 def test_held_out_customers_never_get_the_message(smtp_sink, workspace):
     for index in range(60):
