@@ -26,22 +26,38 @@ class FitError(ValueError):
     """The model could not be fitted to this data (too little of it, or no convergence)."""
 
 
-def _fit(negative_log_likelihood, start: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
-    """Minimise over log-parameters (keeps them positive); return the parameters or raise FitError."""
+def _fit(negative_log_likelihood, start: np.ndarray, names: tuple[str, ...], gradient=None) -> dict[str, float]:
+    """Minimise over log-parameters (keeps them positive); return the parameters or raise FitError.
+
+    With ``gradient`` (of the same function, over the log-parameters) L-BFGS-B converges in a few dozen
+    evaluations; the derivative-free Nelder-Mead (hundreds of evaluations) is the fallback when it fails.
+    """
+    result = None
     with np.errstate(all="ignore"):
-        result = optimize.minimize(negative_log_likelihood, start, method="Nelder-Mead",
-                                   options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 4000, "maxfev": 8000})
-        if result.success:
-            # Polish the simplex result with a gradient method: Nelder-Mead stalls on flat ridges.
-            polished = optimize.minimize(negative_log_likelihood, result.x, method="L-BFGS-B")
-            if polished.success and polished.fun <= result.fun:
-                result = polished
+        if gradient is not None:
+            result = optimize.minimize(negative_log_likelihood, start, jac=gradient, method="L-BFGS-B",
+                                       options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 1000})
+        if result is None or not result.success or not np.all(np.isfinite(result.x)):
+            result = optimize.minimize(negative_log_likelihood, start, method="Nelder-Mead",
+                                       options={"xatol": 1e-7, "fatol": 1e-10, "maxiter": 4000, "maxfev": 8000})
+            if result.success:
+                # Polish the simplex result with a gradient method: Nelder-Mead stalls on flat ridges.
+                polished = optimize.minimize(negative_log_likelihood, result.x, jac=gradient, method="L-BFGS-B")
+                if polished.success and polished.fun <= result.fun:
+                    result = polished
     if not result.success or not np.all(np.isfinite(result.x)) or not np.isfinite(result.fun):
         raise FitError(f"the optimiser did not converge: {result.message}")
     params = np.exp(result.x)
     if np.any(params > 1e6) or np.any(params < 1e-6):
         raise FitError("the fitted parameters are degenerate (the data do not identify the model)")
     return dict(zip(names, (float(value) for value in params)))
+
+
+def _distinct_rows(*columns) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """Return the distinct rows of the columns and how often each occurs (the likelihood sums over them)."""
+    stacked = np.column_stack(columns)
+    distinct, counts = np.unique(stacked, axis=0, return_counts=True)
+    return tuple(distinct[:, index] for index in range(stacked.shape[1])), counts.astype(float)
 
 
 # --- BG/NBD --------------------------------------------------------------------------------------
@@ -88,18 +104,50 @@ class BetaGeometricNBD:
 
 def bgnbd_log_likelihood(params, frequency, recency, T) -> np.ndarray:
     """Return each customer's BG/NBD log-likelihood (eq. 6) under ``params`` = (r, alpha, a, b)."""
+    return _bgnbd_terms(params, *_arrays(frequency, recency, T))[0]
+
+
+def _bgnbd_terms(params, x, t_x, T, with_gradient: bool = False):
+    """Return the per-customer log-likelihood and, if asked, its gradient over (r, alpha, a, b) (rows x 4).
+
+    The beta functions are written as gamma functions so that the three per-customer gammaln (and digamma)
+    evaluations are shared between the terms and their derivatives.
+    """
     r, alpha, a, b = params
-    x, t_x, T = _arrays(frequency, recency, T)
-    common = special.gammaln(r + x) - special.gammaln(r) + r * np.log(alpha)
-    no_dropout = special.betaln(a, b + x) - special.betaln(a, b) - (r + x) * np.log(alpha + T)
+    repeat = x > 0
     with np.errstate(invalid="ignore", divide="ignore"):
+        b_x = b + x
+        b_x_1 = np.where(repeat, b_x - 1, 1.0)  # only used where x > 0
+        gammaln_r_x, gammaln_b_x, gammaln_ab_x = special.gammaln(r + x), special.gammaln(b_x), special.gammaln(a + b + x)
+        log_alpha_T, log_alpha_t_x = np.log(alpha + T), np.log(alpha + t_x)
+        beta_ab = special.betaln(a, b)
+        common = gammaln_r_x - special.gammaln(r) + r * np.log(alpha)
+        # ln B(a, b + x) - ln B(a, b) and ln B(a + 1, b + x - 1) - ln B(a, b), with ln G(b+x) = ln G(b+x-1) + ln(b+x-1)
+        no_dropout = special.gammaln(a) + gammaln_b_x - gammaln_ab_x - beta_ab - (r + x) * log_alpha_T
         dropout_after_last = np.where(
-            x > 0,
-            special.betaln(a + 1, np.maximum(b + x - 1, 1e-12)) - special.betaln(a, b)
-            - (r + x) * np.log(alpha + t_x),
+            repeat,
+            special.gammaln(a + 1) + gammaln_b_x - np.log(b_x_1) - gammaln_ab_x - beta_ab - (r + x) * log_alpha_t_x,
             -np.inf,
         )
-    return common + np.logaddexp(no_dropout, dropout_after_last)
+        mixed = np.logaddexp(no_dropout, dropout_after_last)
+        log_likelihood = common + mixed
+        if not with_gradient:
+            return log_likelihood, None
+        share_no_dropout = np.exp(no_dropout - mixed)
+        share_dropout = np.where(repeat, np.exp(dropout_after_last - mixed), 0.0)
+        digamma_r_x, digamma_b_x, digamma_ab_x = special.digamma(r + x), special.digamma(b_x), special.digamma(a + b + x)
+        digamma_a, digamma_b, digamma_ab = special.digamma(a), special.digamma(b), special.digamma(a + b)
+        digamma_b_x_1 = digamma_b_x - 1.0 / b_x_1
+        gradient = np.empty((len(x), 4))
+        gradient[:, 0] = (digamma_r_x - special.digamma(r) + np.log(alpha)
+                          - share_no_dropout * log_alpha_T - share_dropout * log_alpha_t_x)
+        gradient[:, 1] = (r / alpha - share_no_dropout * (r + x) / (alpha + T)
+                          - share_dropout * (r + x) / (alpha + t_x))
+        gradient[:, 2] = (share_no_dropout * (digamma_ab - digamma_ab_x)
+                          + share_dropout * (1.0 / a + digamma_ab - digamma_ab_x))
+        gradient[:, 3] = (share_no_dropout * (digamma_b_x - digamma_ab_x - digamma_b + digamma_ab)
+                          + share_dropout * (np.where(repeat, digamma_b_x_1, 0.0) - digamma_ab_x - digamma_b + digamma_ab))
+    return log_likelihood, gradient
 
 
 def fit_bgnbd(frequency, recency, T) -> BetaGeometricNBD:
@@ -110,13 +158,22 @@ def fit_bgnbd(frequency, recency, T) -> BetaGeometricNBD:
     if np.any(t_x > T + 1e-9) or np.any(x < 0):
         raise FitError("recency must lie between 0 and T, and frequency must not be negative")
     scale = float(np.mean(T)) or 1.0  # start near the right order of magnitude for alpha in any time unit
+    (x, t_x, T), weights = _distinct_rows(x, t_x, T)
+    total = weights.sum()
 
     def negative(log_params):
-        value = -np.sum(bgnbd_log_likelihood(np.exp(log_params), x, t_x, T)) / len(x)
+        log_likelihood, _ = _bgnbd_terms(np.exp(log_params), x, t_x, T)
+        value = -np.dot(weights, log_likelihood) / total
         return value if np.isfinite(value) else 1e12
 
-    params = _fit(negative, np.log([0.5, scale / 10, 1.0, 1.0]), ("r", "alpha", "a", "b"))
-    log_likelihood = float(np.sum(bgnbd_log_likelihood(tuple(params.values()), x, t_x, T)))
+    def gradient(log_params):
+        params = np.exp(log_params)
+        _, per_customer = _bgnbd_terms(params, x, t_x, T, with_gradient=True)
+        value = -(weights @ per_customer) * params / total
+        return np.where(np.isfinite(value), value, 0.0)
+
+    params = _fit(negative, np.log([0.5, scale / 10, 1.0, 1.0]), ("r", "alpha", "a", "b"), gradient)
+    log_likelihood = float(np.dot(weights, bgnbd_log_likelihood(tuple(params.values()), x, t_x, T)))
     return BetaGeometricNBD(**params, log_likelihood=log_likelihood)
 
 
@@ -173,7 +230,20 @@ def fit_gamma_gamma(frequency, monetary_value) -> GammaGamma:
         value = -np.sum(gamma_gamma_log_likelihood(np.exp(log_params), x, m)) / len(x)
         return value if np.isfinite(value) else 1e12
 
-    params = _fit(negative, np.log([1.0, 2.0, float(np.mean(m))]), ("p", "q", "gamma"))
+    log_x, log_m = np.log(x), np.log(m)
+
+    def gradient(log_params):
+        p, q, gamma = params = np.exp(log_params)
+        with np.errstate(all="ignore"):
+            digamma_px_q = special.digamma(p * x + q)
+            log_gamma_mx = np.log(gamma + m * x)
+            d_p = x * (digamma_px_q - special.digamma(p * x) + log_m + log_x - log_gamma_mx)
+            d_q = digamma_px_q - special.digamma(q) + np.log(gamma) - log_gamma_mx
+            d_gamma = q / gamma - (p * x + q) / (gamma + m * x)
+            value = -np.array([d_p.sum(), d_q.sum(), d_gamma.sum()]) * params / len(x)
+        return np.where(np.isfinite(value), value, 0.0)
+
+    params = _fit(negative, np.log([1.0, 2.0, float(np.mean(m))]), ("p", "q", "gamma"), gradient)
     if params["q"] <= 1:
         raise FitError("spend is too dispersed for the Gamma-Gamma mean to exist (q <= 1)")
     log_likelihood = float(np.sum(gamma_gamma_log_likelihood(tuple(params.values()), x, m)))

@@ -99,17 +99,21 @@ def last_anniversary(first_local: pd.Series, today_local: pd.Series) -> tuple[pd
 
 
 def due_rewards(frame: pd.DataFrame, rules: list[dict], given: pd.DataFrame | None) -> pd.Series:
-    """Return per customer the list of rewards due and not yet given: [{"rule", "occasion", "label"}]."""
-    result = pd.Series([[] for _ in range(len(frame))], index=frame.index, dtype="object")
+    """Return per customer the list of rewards due and not yet given: [{"rule", "occasion", "label"}].
+
+    Customers with the same rewards due share one list object (a million customers have a handful of
+    distinct lists), so treat the lists as read-only.
+    """
     if not rules or frame.empty:
-        return result
-    given_keys = set()
-    if given is not None and len(given):
-        given_keys = set(zip(given["customer_id"].astype(int), given["rule"], given["occasion"].fillna("")))
+        return pd.Series([[] for _ in range(len(frame))], index=frame.index, dtype="object")
+    customer_ids = frame["customer_id"].to_numpy(dtype="int64")
+    due_bits = np.zeros(len(frame), dtype="int64")
+    entries: list[tuple[str, str, bool]] = []  # (rule key, label, has an occasion) per bit
+    occasion = None
     anniversary = None
     for rule in rules:
         kind = rule.get("kind")
-        occasion = pd.Series("", index=frame.index, dtype="object")
+        rule_occasion = None
         if kind == "vip_entry":
             fired = frame["is_heavy_user"].astype(bool)
         elif kind == "nth_order":
@@ -122,18 +126,33 @@ def due_rewards(frame: pd.DataFrame, rules: list[dict], given: pd.DataFrame | No
             dates, years = anniversary
             since = (frame["today_local"] - dates).dt.days
             fired = (years >= 1) & (since < int(rule.get("window_days", 14))) & (frame["order_count"] > 0)
-            occasion = dates.dt.year.astype("Int64").astype("string").fillna("")
+            # Every anniversary rule reads the same dates, so they share one occasion (the year).
+            rule_occasion = occasion = dates.dt.year.astype("Int64").astype("string").fillna("")
         else:
             continue
-        fired = fired.fillna(False).astype(bool)
-        label = rule.get("label") or RULE_KINDS.get(kind, kind)
-        # Only the (few) customers for whom the rule fired are looked at one by one.
-        for index in fired[fired].index:
-            customer_id = int(frame.at[index, "customer_id"])
-            when = str(occasion.at[index])
-            if (customer_id, rule["key"], when) not in given_keys:
-                result.at[index] = [*result.at[index], {"rule": rule["key"], "occasion": when, "label": label}]
-    return result
+        due = fired.fillna(False).to_numpy(dtype=bool, copy=True)
+        if given is not None and len(given) and due.any():
+            given_here = given[given["rule"] == rule["key"]]
+            if len(given_here):
+                keys = pd.MultiIndex.from_arrays([given_here["customer_id"].astype("int64"),
+                                                  given_here["occasion"].fillna("").astype(str)])
+                fired_at = np.flatnonzero(due)
+                occasions = rule_occasion.to_numpy()[fired_at] if rule_occasion is not None else np.full(len(fired_at), "")
+                already = pd.MultiIndex.from_arrays([customer_ids[fired_at], occasions.astype(str)]).isin(keys)
+                due[fired_at[already]] = False
+        due_bits |= due.astype("int64") << len(entries)
+        entries.append((rule["key"], rule.get("label") or RULE_KINDS.get(kind, kind), rule_occasion is not None))
+    # One list per distinct combination of rewards (and anniversary year), shared by the customers who have it.
+    occasion_codes, occasion_names = (pd.factorize(occasion.where(due_bits > 0, ""))
+                                      if occasion is not None else (np.zeros(len(frame), dtype="int64"), [""]))
+    combination_codes, combinations = pd.factorize(due_bits * len(occasion_names) + occasion_codes)
+    lists = np.empty(len(combinations), dtype=object)
+    for position, combination in enumerate(combinations):
+        bits, occasion_code = divmod(int(combination), len(occasion_names))
+        lists[position] = [{"rule": key, "occasion": str(occasion_names[occasion_code]) if has_occasion else "",
+                            "label": label}
+                           for bit, (key, label, has_occasion) in enumerate(entries) if bits >> bit & 1]
+    return pd.Series(lists[combination_codes], index=frame.index, dtype="object")
 
 
 def mark_reward_given(customer, rule: str, occasion: str = "", note: str = "") -> bool:

@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Time the full lifecycle refresh of a workspace against one raw ``GROUP BY customer`` over its orders.
+
+    .venv/bin/python bench/lifecycle.py --workspace bench            # after bench/generate.py
+
+The refresh is ``lifecycle.runs.refresh_workspace``: the one aggregate pass, BG/NBD + Gamma-Gamma fit and
+scores, stages, flags, write-back of the changed rows and their events. The baseline is the least any
+refresh must do: one aggregate of the same orders table grouped by customer, streamed to this process
+(``COPY … TO STDOUT``), inside the same tenant scope (row-level security applies to both). It is measured
+in the same run, before and after the refreshes; the ratio uses the median baseline.
+
+``--reset`` first deletes the workspace's metrics, lifecycle events and runs, so the first refresh writes
+every customer (the cold case); the second refresh right after shows the cost when few rows change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+TARGET_RATIO = 3.0
+
+BASELINE_SQL = """
+SELECT customer_id, COUNT(*) AS orders, SUM(total - refunded_amount) AS revenue,
+       MIN(placed_at) AS first_order_at, MAX(placed_at) AS last_order_at
+FROM customers_order
+WHERE tenant_id = %(tenant)s
+GROUP BY customer_id
+"""
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot run as asked (not PostgreSQL, no such workspace, no orders)."""
+
+
+@dataclass
+class RefreshTiming:
+    """One timed refresh: wall seconds, seconds per step, customers, rows and events written."""
+
+    seconds: float
+    steps: dict[str, float]
+    customers: int
+    rows_written: int
+    events_written: int
+    model_kind: str
+
+
+@dataclass
+class LifecycleBenchResult:
+    """Baseline timings and the two refreshes of one run."""
+
+    customers: int
+    orders: int
+    baseline_seconds: list[float] = field(default_factory=list)
+    refreshes: list[RefreshTiming] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> float:
+        return statistics.median(self.baseline_seconds)
+
+    def ratio(self, index: int) -> float:
+        return self.refreshes[index].seconds / self.baseline
+
+
+def time_baseline(workspace) -> tuple[float, int]:
+    """Run the raw GROUP BY customer once, streamed to the client; return (seconds, customers with orders)."""
+    from django.db import connection
+
+    from crm_site.tenancy import tenant_scope
+
+    started = time.monotonic()
+    with tenant_scope(workspace):
+        raw = connection.connection
+        received = 0
+        with raw.cursor() as cursor:
+            with cursor.copy(f"COPY ({BASELINE_SQL}) TO STDOUT (FORMAT CSV)", {"tenant": workspace.pk}) as copy:
+                for chunk in copy:
+                    received += bytes(chunk).count(b"\n")
+    return time.monotonic() - started, received
+
+
+def time_refresh(workspace) -> RefreshTiming:
+    """Run one full refresh and return its timing, step by step (as its progress callback reports them)."""
+    from lifecycle.runs import refresh_workspace
+
+    marks: list[tuple[str, float]] = []
+
+    def progress(step, total, message):
+        marks.append((message, time.monotonic()))
+
+    started = time.monotonic()
+    result = refresh_workspace(workspace, progress=progress)
+    finished = time.monotonic()
+    steps = {}
+    for (message, at), (_, until) in zip(marks, [*marks[1:], ("", finished)]):
+        steps[message.split(" on ")[0]] = until - at
+    return RefreshTiming(finished - started, steps, result.customers, result.rows_written, result.events_written,
+                         result.model_kind)
+
+
+def reset_lifecycle(workspace) -> None:
+    """Delete the workspace's metrics, lifecycle events and runs (the state before any refresh)."""
+    from django.db import connection
+
+    from crm_site.tenancy import tenant_scope
+    from lifecycle.models import CustomerMetrics, LifecycleEvent, LifecycleRun
+
+    with tenant_scope(workspace), connection.cursor() as cursor:
+        for model in (LifecycleEvent, CustomerMetrics, LifecycleRun):
+            cursor.execute(f"DELETE FROM {model._meta.db_table} WHERE tenant_id = %s", [workspace.pk])
+    with connection.cursor() as cursor:
+        for model in (LifecycleEvent, CustomerMetrics):
+            cursor.execute(f"VACUUM ANALYZE {model._meta.db_table}")
+
+
+def run(workspace_slug: str = "bench", *, reset: bool = False, echo=print) -> LifecycleBenchResult:
+    """Measure the baseline, a full refresh, a second refresh right after, the baseline again; print a report.
+
+    Returns the timings. Raises BenchError off PostgreSQL or for a workspace without orders.
+    """
+    from django.conf import settings
+
+    from crm_site.models import Workspace
+    from crm_site.tenancy import tenant_scope
+    from customers.models import Customer, Order
+
+    if not settings.IS_POSTGRES:
+        raise BenchError("bench/lifecycle.py measures PostgreSQL: set DATABASE_URL (see README.md).")
+    workspace = Workspace.objects.filter(slug=workspace_slug).first()
+    if workspace is None:
+        raise BenchError(f"No workspace '{workspace_slug}': load one with bench/generate.py first.")
+    with tenant_scope(workspace):
+        customers, orders = Customer.objects.count(), Order.objects.count()
+    if not orders:
+        raise BenchError(f"Workspace '{workspace_slug}' has no orders: load some with bench/generate.py first.")
+    result = LifecycleBenchResult(customers=customers, orders=orders)
+    echo(f"Lifecycle refresh of workspace '{workspace_slug}': {customers:,} customers, {orders:,} orders")
+    if reset:
+        reset_lifecycle(workspace)
+        echo("  reset: metrics, lifecycle events and runs deleted (the first refresh writes every customer)")
+
+    seconds, groups = time_baseline(workspace)  # also warms the cache for the refresh that follows
+    result.baseline_seconds.append(seconds)
+    echo(f"  baseline GROUP BY customer   {seconds:8.2f} s  ({groups:,} customers with orders)")
+    for label in ("first refresh", "second refresh"):
+        timing = time_refresh(workspace)
+        result.refreshes.append(timing)
+        echo(f"  {label:<28} {timing.seconds:8.2f} s  ({timing.rows_written:,} rows written, "
+             f"{timing.events_written:,} events, model {timing.model_kind})")
+        for step, step_seconds in timing.steps.items():
+            echo(f"      {step:<32} {step_seconds:7.2f} s")
+        seconds, _ = time_baseline(workspace)
+        result.baseline_seconds.append(seconds)
+        echo(f"  baseline GROUP BY customer   {seconds:8.2f} s")
+
+    echo(f"Baseline (median of {len(result.baseline_seconds)}): {result.baseline:.2f} s")
+    for index, label in enumerate(("First refresh", "Second refresh")):
+        timing = result.refreshes[index]
+        verdict = "within" if result.ratio(index) <= TARGET_RATIO else "OVER"
+        echo(f"{label}: {timing.seconds:.2f} s, ratio {result.ratio(index):.2f}x the baseline "
+             f"({verdict} the {TARGET_RATIO:g}x target)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workspace", default="bench", help="Slug of the workspace (from bench/generate.py).")
+    parser.add_argument("--reset", action="store_true",
+                        help="Delete the workspace's lifecycle data first, so the first refresh writes everyone.")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crm_site.settings")
+    import django
+
+    django.setup()
+    try:
+        result = run(args.workspace, reset=args.reset)
+    except BenchError as error:
+        print(f"lifecycle.py: {error}", file=sys.stderr)
+        return 2
+    return 0 if result.ratio(0) <= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
