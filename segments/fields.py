@@ -213,7 +213,7 @@ def _clean_text_list(field: Field, value: Any) -> list[str]:
 
 
 def _clean_number(field: Field, value: Any) -> int | float:
-    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)):
+    if isinstance(value, bool) or value is None or isinstance(value, (dict, list)) or str(value).strip() == "":
         raise RuleValueError("Enter a number.")
     try:
         number = Decimal(str(value).strip().replace(",", "")) if isinstance(value, str) else Decimal(str(value))
