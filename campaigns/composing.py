@@ -51,7 +51,16 @@ class OutboxEmail(EmailMultiAlternatives):
     Anything beyond what ``compose_email`` builds falls back to Django's own MIME form.
     """
 
+    _prepared = None
+
+    def prepare(self) -> None:
+        """Write the MIME form for SMTP now (the sender does it for a whole batch before it starts sending)."""
+        self._prepared = self.message(policy=email.policy.SMTP)
+        self._prepared.as_bytes()
+
     def message(self, *, policy=email.policy.default):
+        if self._prepared is not None and policy == email.policy.SMTP:
+            return self._prepared
         if self.attachments or self.cc or len(self.alternatives) != 1 or self.alternatives[0][1] != "text/html":
             return super().message(policy=policy)
         try:
@@ -62,7 +71,7 @@ class OutboxEmail(EmailMultiAlternatives):
     def _fast_message(self, policy):
         legacy = email.policy.compat32.clone(linesep=policy.linesep)
         # "=_" never occurs in quoted-printable text, so the boundary needs no search through the bodies.
-        root = MIMEMultipart("alternative", boundary=f"=_{uuid.uuid4().hex}", policy=legacy)
+        root = _WrittenOnce("alternative", boundary=f"=_{uuid.uuid4().hex}", policy=legacy)
         root["Subject"] = _one_line(str(self.subject))
         root["From"] = _address_header([str(self.extra_headers.get("From", self.from_email))])
         root["To"] = _address_header(self.to)
@@ -77,6 +86,19 @@ class OutboxEmail(EmailMultiAlternatives):
         root.attach(_quoted_printable_part("plain", self.body, legacy))
         root.attach(_quoted_printable_part("html", self.alternatives[0][0], legacy))
         return root
+
+
+class _WrittenOnce(MIMEMultipart):
+    """A MIME tree that keeps its bytes once written (nothing changes it after composing)."""
+
+    _bytes = None
+
+    def as_bytes(self, unixfrom=False, policy=None):
+        if unixfrom or policy is not None:
+            return super().as_bytes(unixfrom, policy)
+        if self._bytes is None:
+            self._bytes = super().as_bytes()
+        return self._bytes
 
 
 def _one_line(value: str) -> str:

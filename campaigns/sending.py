@@ -27,6 +27,7 @@ import datetime as dt
 import logging
 import os
 import random
+import select
 import smtplib
 import socket
 import time
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.mail import get_connection
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.db.models import CharField, Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Concat, JSONObject
 from django.utils import timezone
@@ -160,6 +161,9 @@ class ConsentWatch:
         self.next_check = time.monotonic() + self.interval  # the claim has just checked
         self.withdrawn: set[int] = set()
 
+    def is_due(self) -> bool:
+        return time.monotonic() >= self.next_check
+
     def withdrew(self, message: Message, remaining: list[Message]) -> bool:
         """Return True when the message may not be delivered any more (it is then recorded as suppressed)."""
         if time.monotonic() >= self.next_check:
@@ -210,6 +214,58 @@ def _mark_sent(message: Message, owner: str, provider_id: str, now: dt.datetime)
         cursor.execute(_MARK_SENT_SQL, [str(tenant_id), now, *values, tenant_id, message.pk, owner])
         cursor.nextset()
         return cursor.rowcount == 1
+
+
+class SentMarks:
+    """Commits the ``sent`` marks of a batch's e-mails without waiting for PostgreSQL's answer.
+
+    A mark (the one query of ``_mark_sent``) is sent the moment the mail server has accepted the message; its
+    answer is read before the connection is used again, usually after the next SMTP exchange, by when it has
+    long arrived: the commit overlaps the next delivery instead of adding a round trip to every message. A
+    sender killed in between loses nothing that waiting would have saved: PostgreSQL runs a query it has
+    received whether or not anyone reads the answer. Elsewhere than PostgreSQL it simply waits.
+    """
+
+    def __init__(self, owner: str, outcome: SendOutcome, sent_ids: list[int]):
+        self.owner, self.outcome, self.sent_ids = owner, outcome, sent_ids
+        self.pending: Message | None = None
+
+    def mark(self, message: Message, provider_id: str, now: dt.datetime) -> None:
+        self.collect()
+        if connection.vendor != "postgresql":
+            self._count(message, _mark_sent(message, self.owner, provider_id, now))
+            return
+        values = [str(current_tenant_id()), now, provider_id[:200], message.to_address[:254], current_tenant_id(),
+                  message.pk, self.owner]
+        with connection.cursor() as cursor:
+            query = cursor.mogrify(_MARK_SENT_SQL, values)  # psycopg quotes the values
+        pgconn = connection.connection.pgconn
+        pgconn.send_query(query.encode())
+        self.pending = message
+        while pgconn.flush():  # psycopg keeps libpq non-blocking: push the query out now
+            select.select([], [pgconn.socket], [], 1)
+
+    def collect(self) -> None:
+        """Read the answer to the pending mark (call before any other use of the database connection)."""
+        if self.pending is None:
+            return
+        message, self.pending = self.pending, None
+        from psycopg import pq
+
+        pgconn = connection.connection.pgconn
+        results = []
+        while (result := pgconn.get_result()) is not None:
+            results.append(result)
+        failed = [r for r in results if r.status != pq.ExecStatus.TUPLES_OK and r.status != pq.ExecStatus.COMMAND_OK]
+        if failed or len(results) != 2:
+            reason = failed[0].get_error_message() if failed else pgconn.get_error_message()
+            raise DatabaseError(f"Recording message {message.pk} as sent failed: {reason}")
+        self._count(message, results[1].command_tuples == 1)
+
+    def _count(self, message: Message, marked: bool) -> None:
+        if marked:
+            self.outcome.sent += 1
+            self.sent_ids.append(message.pk)
 
 
 def _mark_failed(message: Message, owner: str, reason: str, *, status=Message.Status.FAILED,
@@ -342,28 +398,40 @@ def send_batch(*, owner: str | None = None, limit: int | None = None, now: dt.da
 
 
 def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent_ids) -> None:
+    # Compose the whole batch first, then talk SMTP in a tight loop: a process that does little between its
+    # network waits is woken sooner on a busy machine (measured: the same SMTP exchange took about four times
+    # as long when interleaved with rendering).
+    composed = []
+    for message in messages:
+        message.to_address = message.customer.email
+        if not message.to_address:
+            _mark_failed(message, owner, "No e-mail address", status=Message.Status.SUPPRESSED,
+                         skip_reason=Message.SkipReason.NO_ADDRESS)
+            outcome.suppressed += 1
+            continue
+        try:
+            email = compose_email(message, message.step, message.campaign, message.campaign.sender,
+                                  contexts[message.pk], workspace)
+        except RenderError as error:
+            _mark_failed(message, owner, f"Template: {error}")
+            outcome.failed += 1
+            continue
+        email.prepare()
+        composed.append((message, email))
+    to_send = [message for message, _ in composed]
     mail_connection = None
     consent = ConsentWatch(owner)
+    marks = SentMarks(owner, outcome, sent_ids)
     try:
-        for index, message in enumerate(messages):
+        for index, (message, email) in enumerate(composed):
             if time.monotonic() > stop_at:
-                outcome.released += release([m.pk for m in messages[index:]], owner)
+                marks.collect()
+                outcome.released += release([m.pk for m in to_send[index:]], owner)
                 return
-            if consent.withdrew(message, messages[index:]):
+            if consent.is_due():
+                marks.collect()
+            if consent.withdrew(message, to_send[index:]):
                 outcome.suppressed += 1
-                continue
-            message.to_address = message.customer.email
-            if not message.to_address:
-                _mark_failed(message, owner, "No e-mail address", status=Message.Status.SUPPRESSED,
-                             skip_reason=Message.SkipReason.NO_ADDRESS)
-                outcome.suppressed += 1
-                continue
-            try:
-                email = compose_email(message, message.step, message.campaign, message.campaign.sender,
-                                      contexts[message.pk], workspace)
-            except RenderError as error:
-                _mark_failed(message, owner, f"Template: {error}")
-                outcome.failed += 1
                 continue
             try:
                 if mail_connection is None:
@@ -371,6 +439,7 @@ def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent
                     mail_connection.open()
                 mail_connection.send_messages([email])
             except Exception as error:  # noqa: BLE001 - every delivery failure is classified and recorded
+                marks.collect()
                 permanent, reason = _classify_smtp_error(error)
                 outcome.errors.append(reason)
                 if permanent:
@@ -390,11 +459,13 @@ def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent
             # An ESP (anymail) reports its own id; plain SMTP has only our Message-ID.
             provider_id = getattr(getattr(email, "anymail_status", None), "message_id", None) or \
                 email.extra_headers["Message-ID"]
-            if _mark_sent(message, owner, str(provider_id), timezone.now()):
-                outcome.sent += 1
-                sent_ids.append(message.pk)
+            marks.mark(message, str(provider_id), timezone.now())
+        marks.collect()
     finally:
-        _close_quietly(mail_connection)
+        try:
+            marks.collect()
+        finally:
+            _close_quietly(mail_connection)
 
 
 def _close_quietly(mail_connection) -> None:

@@ -46,7 +46,7 @@ RECIPIENTS = 10_000
 KILLS = 5
 HOLDOUT_PERCENT = 10
 WITHDRAWN_MID_SEND = 200
-TEST_BUDGET_SECONDS = 150  # the whole run, from the first worker to the last message; the test fails past it
+TEST_BUDGET_SECONDS = 160  # from starting the processes to the last message; the test fails past it
 LEASE_SECONDS = 8  # a killed worker's batch is re-claimed this long after it was claimed
 
 BASE_DIR = Path(settings.BASE_DIR)
@@ -324,19 +324,20 @@ def test_ten_thousand_recipients_each_get_one_message_while_workers_are_killed_a
     redis_server, sink, processes = services
     from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-    groups = build_audience(workspace)
-    eligible = groups["eligible"]
     # Beat kicks the dispatcher and the senders every second (created on migrate; editable by admins).
     every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
     assert PeriodicTask.objects.filter(task__startswith="campaigns.tasks.").update(interval=every_second) == 2
-
     started = time.monotonic()
+    remaining = lambda: TEST_BUDGET_SECONDS - (time.monotonic() - started)  # noqa: E731
     processes.start_beat()
     processes.start_worker()
     processes.start_worker()
-    remaining = lambda: TEST_BUDGET_SECONDS - (time.monotonic() - started)  # noqa: E731
+    # The processes boot while the audience is written (one transaction: they see all of it or nothing).
+    groups = build_audience(workspace)
+    eligible = groups["eligible"]
 
     _wait(lambda: sum(message_statuses(workspace).values()) == RECIPIENTS, remaining(), "the dispatch")
+    timeline = [f"{time.monotonic() - started:.0f}s dispatched"]
 
     # Mid-send: customers at the end of the send order withdraw consent while their messages are still pending.
     to_withdraw = sorted(eligible)[-WITHDRAWN_MID_SEND:]
@@ -346,6 +347,7 @@ def test_ten_thousand_recipients_each_get_one_message_while_workers_are_killed_a
         _wait(lambda: sink.count() >= len(eligible) * kill * 0.13, remaining(), f"progress before kill {kill}")
         processes.kill_a_worker(workspace)
         kills += 1
+        timeline.append(f"{time.monotonic() - started:.0f}s kill {kill} at {sink.count()} mails")
         if kill == 2:
             with tenant_scope(workspace):
                 withdrawing = list(Customer.objects.filter(email__in=to_withdraw))
@@ -355,6 +357,7 @@ def test_ten_thousand_recipients_each_get_one_message_while_workers_are_killed_a
             assert still_pending == WITHDRAWN_MID_SEND, "the withdrawal came too late to be a test"
         if kill == 3:
             redis_server.restart()
+            timeline.append(f"{time.monotonic() - started:.0f}s redis restarted")
 
     def settled():
         statuses = message_statuses(workspace)
@@ -364,7 +367,7 @@ def test_ten_thousand_recipients_each_get_one_message_while_workers_are_killed_a
     try:
         statuses = _wait(settled, remaining(), "every message to be sent or skipped", interval=0.5)
     except pytest.fail.Exception as error:
-        pytest.fail(f"{error}\nstatuses: {message_statuses(workspace)}\n{processes.logs()}")
+        pytest.fail(f"{error}\nstatuses: {message_statuses(workspace)}\n{timeline}\n{processes.logs()}")
     elapsed = time.monotonic() - started
 
     received = sink.by_recipient()
@@ -390,4 +393,5 @@ def test_ten_thousand_recipients_each_get_one_message_while_workers_are_killed_a
     }
     _wait(lambda: campaign_status(workspace, groups["campaign"]) == Campaign.Status.DONE, max(remaining(), 5),
           "the campaign to be done")
-    print(f"\n{len(expected)} sent in {elapsed:.1f} s with {kills} kills and a Redis restart; repeated: {repeated}")
+    print(f"\n{len(expected)} sent in {elapsed:.1f} s with {kills} kills and a Redis restart; repeated: {repeated}; "
+          + ", ".join(timeline))
