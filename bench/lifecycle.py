@@ -52,6 +52,7 @@ class RefreshTiming:
     rows_written: int
     events_written: int
     model_kind: str
+    slow_statements: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,19 +93,32 @@ def time_refresh(workspace) -> RefreshTiming:
     """Run one full refresh and return its timing, step by step (as its progress callback reports them)."""
     from lifecycle.runs import refresh_workspace
 
+    from django.db import connection
+
     marks: list[tuple[str, float]] = []
+    statements: list[tuple[float, str]] = []
 
     def progress(step, total, message):
         marks.append((message, time.monotonic()))
 
+    def timed(execute, sql, params, many, context):
+        started = time.monotonic()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            statements.append((time.monotonic() - started, " ".join(sql.split())[:70]))
+
     started = time.monotonic()
-    result = refresh_workspace(workspace, progress=progress)
+    with connection.execute_wrapper(timed):
+        result = refresh_workspace(workspace, progress=progress)
     finished = time.monotonic()
     steps = {}
-    for (message, at), (_, until) in zip(marks, [*marks[1:], ("", finished)]):
+    # The last mark comes after the commit: "Writing changes" runs up to it, commit included.
+    for (message, at), (_, until) in zip(marks, marks[1:]):
         steps[message.split(" on ")[0]] = until - at
+    slow = {text: seconds for seconds, text in sorted(statements, reverse=True) if seconds >= 1.0}
     return RefreshTiming(finished - started, steps, result.customers, result.rows_written, result.events_written,
-                         result.model_kind)
+                         result.model_kind, slow)
 
 
 def reset_lifecycle(workspace) -> None:
@@ -157,7 +171,9 @@ def run(workspace_slug: str = "bench", *, reset: bool = False, echo=print) -> Li
         echo(f"  {label:<28} {timing.seconds:8.2f} s  ({timing.rows_written:,} rows written, "
              f"{timing.events_written:,} events, model {timing.model_kind})")
         for step, step_seconds in timing.steps.items():
-            echo(f"      {step:<32} {step_seconds:7.2f} s")
+            echo(f"      {step:<36} {step_seconds:7.2f} s")
+        for statement, statement_seconds in timing.slow_statements.items():
+            echo(f"        SQL {statement_seconds:6.2f} s  {statement}")
         seconds, _ = time_baseline(workspace)
         result.baseline_seconds.append(seconds)
         echo(f"  baseline GROUP BY customer   {seconds:8.2f} s")
