@@ -172,7 +172,7 @@ def benchmark_dashboards(workspace_slug: str, requests: int = 30, cold: int = 5,
                          echo=print) -> dict:
     """Time both pages and the baselines; print a report through ``echo``; return the Timings by name."""
     from django.conf import settings
-    from django.core.cache import cache
+    from django.core.cache import caches
     from django.urls import reverse
 
     from crm_site.models import Workspace
@@ -181,7 +181,7 @@ def benchmark_dashboards(workspace_slug: str, requests: int = 30, cold: int = 5,
     workspace = Workspace.objects.get(slug=workspace_slug)
     client = owner_client(workspace)
     echo(f"Workspace {workspace.slug!r} (id {workspace.pk}); in-process Django test Client, DEBUG={settings.DEBUG}, "
-         f"cache {type(cache).__name__}; {requests} warm and {cold} cold requests per page")
+         f"cache {type(caches['default']).__name__}; {requests} warm and {cold} cold requests per page")
     timings = {
         "sql": time_sql(STAGE_COUNTS_SQL, workspace.pk, requests, "SQL: stage counts (psycopg)"),
         "dashboard": time_page(client, reverse("dashboard", args=[workspace.slug]), 'data-metric="orders"',

@@ -27,8 +27,8 @@ def dashboard(request, workspace_slug):
     """The workspace's headline numbers (kept briefly, never every order counted per view) and lifecycle cards."""
     from lifecycle import analytics
 
-    totals = analytics.shop_totals()
     run = analytics.latest_run()
+    totals = analytics.shop_totals(run=run)
     context = {
         "section": "dashboard",
         "customer_count": totals["customers"],

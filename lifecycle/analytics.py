@@ -14,8 +14,10 @@ from __future__ import annotations
 import datetime as dt
 import time
 import zoneinfo
+from decimal import Decimal
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count, Max, Q, Sum
@@ -54,9 +56,28 @@ _LOOK_UP = object()  # "find the latest run yourself"; a page passes the one it 
 
 
 def _cached(name: str, compute, run=_LOOK_UP):
+    """Return the per-run value ``name``: from the cache, else as stored on the run, else computed (and cached).
+
+    The value is also put on the in-memory run's ``charts``, so ``warm_charts`` stores what it computed.
+    """
     run = latest_run() if run is _LOOK_UP else run
     key = f"lifecycle:{current_tenant_id()}:{run.pk if run else 0}:{name}"
-    return cache.get_or_set(key, compute, CACHE_SECONDS)
+    value = cache.get(key)
+    if value is None:
+        stored = (run.charts or {}).get(name) if run is not None else None
+        value = stored if stored is not None else compute()
+        cache.set(key, value, CACHE_SECONDS)
+    if run is not None:
+        run.charts = {**(run.charts or {}), name: value}
+    return value
+
+
+def _without_jit() -> None:
+    # Compiling these one-off aggregates costs PostgreSQL more than it saves (seconds at 10M orders); the
+    # setting ends with the transaction.
+    if settings.IS_POSTGRES and connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")
 
 
 def live_stamp(run=_LOOK_UP) -> str:
@@ -85,11 +106,19 @@ def _kept_live(name: str, compute, stamp: str | None):
 
 
 def warm_charts(workspace) -> None:
-    """Compute and cache the per-run charts of the workspace (call in its scope, right after a full run)."""
+    """Compute the per-run charts of the workspace and the order totals, cache them and store them on its latest
+    run (call in its scope, right after a full run), so no page view scans the orders for them.
+    """
     run = latest_run()
+    if run is None:
+        return
+    run.charts = {}
+    _without_jit()
     revenue_concentration(workspace.slug, run=run)
     clv_distribution(workspace.slug, run=run)
     retention_cohorts(workspace.slug, workspace.time_zone, run=run)
+    run.charts["orders"] = _count_orders()
+    LifecycleRun.objects.filter(pk=run.pk).update(charts=run.charts)
 
 
 # --- Stages ------------------------------------------------------------------------------------------
@@ -211,24 +240,47 @@ def churn_rate(workspace_slug: str, time_zone: str, months: int = 12, now: dt.da
 # --- Dashboard totals --------------------------------------------------------------------------------
 
 
-def shop_totals() -> dict:
+def shop_totals(run=_LOOK_UP) -> dict:
     """Return the workspace's customers, e-mail opt-ins, orders (every status) and their revenue (sum of totals).
 
-    Counted in full at most every ``TOTALS_SECONDS``; in between, the customers and orders added since (ids past
-    the highest one counted) are added on every call through the primary key, so a new customer or order shows at
-    once, and an edit or deletion of an older one (an opt-out, a changed total) within ``TOTALS_SECONDS``.
+    Orders: as counted right after the latest full run (``warm_charts``) plus those added since (ids past the
+    highest one counted, through the primary key), so no view counts every order; a new order shows at once, an
+    edit or deletion of an older one after the next full run. Customers: counted at most every
+    ``TOTALS_SECONDS``, plus those added since; so are orders before the first run.
     """
-    key = f"dashboard:{current_tenant_id()}:totals"
-    counted = cache.get(key)
+    run = latest_run() if run is _LOOK_UP else run
+    customers = _with_added(Customer, _customer_totals, "last_customer",
+                            _kept_count("customers", lambda: Customer.objects.aggregate(**_customer_totals())))
+    orders = (run.charts or {}).get("orders") if run is not None else None
+    orders = _with_added(Order, _order_totals, "last_order", orders or _kept_count("orders", _count_orders))
+    return {"customers": customers["customers"], "email_opt_ins": customers["email_opt_ins"],
+            "orders": orders["orders"], "revenue": Decimal(orders["revenue"])}
+
+
+def _kept_count(name: str, count) -> dict:
+    counted = cache.get(key := f"dashboard:{current_tenant_id()}:{name}")
     if counted is None:
-        counted = {**Customer.objects.aggregate(**_customer_totals()), **Order.objects.aggregate(**_order_totals())}
+        counted = count()
         cache.set(key, counted, TOTALS_SECONDS)
-        added = {}
-    else:
-        added = {**Customer.objects.filter(pk__gt=counted["last_customer"] or 0).aggregate(**_customer_totals()),
-                 **Order.objects.filter(pk__gt=counted["last_order"] or 0).aggregate(**_order_totals())}
-    return {name: (counted[name] or 0) + (added.get(name) or 0)
-            for name in ("customers", "email_opt_ins", "orders", "revenue")}
+        return {**counted, "fresh": True}
+    return counted
+
+
+def _with_added(model, totals, last: str, counted: dict) -> dict:
+    """Return ``counted`` plus the rows of ``model`` past its highest id (none when it was just counted)."""
+    counted = dict(counted)
+    fresh = counted.pop("fresh", False)
+    added = {} if fresh else model.objects.filter(pk__gt=counted[last] or 0).aggregate(**totals())
+    return {name: _number(value) + _number(added.get(name)) for name, value in counted.items() if name != last}
+
+
+def _number(value):
+    return Decimal(value) if isinstance(value, str) else (value or 0)
+
+
+def _count_orders() -> dict:
+    counted = Order.objects.aggregate(**_order_totals())
+    return {**counted, "revenue": str(counted["revenue"] or 0)}
 
 
 def _customer_totals() -> dict:
@@ -330,13 +382,22 @@ def retention_cohorts(workspace_slug: str, time_zone: str, months: int = COHORT_
             CustomerMetrics.objects.filter(first_order_at__gte=starts[0])
             .annotate(cohort=TruncMonth("first_order_at", tzinfo=zone)).values("cohort")
             .annotate(n=Count("id")).order_by())}
-        active = (Order.objects.filter(placed_at__gte=starts[0], status__in=("placed", "partially_refunded"),
-                                       customer__metrics__first_order_at__gte=starts[0])
-                  .annotate(cohort=TruncMonth("customer__metrics__first_order_at", tzinfo=zone),
-                            month=TruncMonth("placed_at", tzinfo=zone))
-                  .values("cohort", "month").annotate(n=Count("customer_id", distinct=True)).order_by())
+        # Orders joined to their customer's metrics row directly (the ORM's path goes through customers_customer).
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT date_trunc('month', m.first_order_at AT TIME ZONE %(zone)s) AS cohort,
+                       date_trunc('month', o.placed_at AT TIME ZONE %(zone)s) AS month, COUNT(DISTINCT o.customer_id)
+                FROM customers_order o JOIN lifecycle_customermetrics m ON m.customer_id = o.customer_id
+                WHERE o.tenant_id = %(tenant)s AND m.tenant_id = %(tenant)s AND o.placed_at >= %(start)s
+                  AND m.first_order_at >= %(start)s AND o.status IN ('placed', 'partially_refunded')
+                GROUP BY 1, 2
+                """,
+                {"zone": time_zone, "tenant": current_tenant_id(), "start": starts[0]},
+            )
+            active = cursor.fetchall()
         return ({cohort.date().isoformat(): n for cohort, n in sizes.items()},
-                [(row["cohort"].date().isoformat(), row["month"].date().isoformat(), row["n"]) for row in active])
+                [(cohort.date().isoformat(), month.date().isoformat(), n) for cohort, month, n in active])
 
     sizes, active = _cached(f"cohorts:{time_zone}:{starts[0]:%Y-%m}:{months}", compute, run)
     index = {start.date().isoformat(): position for position, start in enumerate(starts)}

@@ -176,6 +176,10 @@ class LifecycleRun(TenantModel):
     events_written = models.PositiveIntegerField(default=0)
     stage_counts = models.JSONField(default=dict, blank=True)
     seconds = models.FloatField(default=0)
+    charts = models.JSONField(
+        default=dict, blank=True,
+        help_text="The heavy charts and the order totals as of this run, stored right after it (lifecycle.analytics).",
+    )
 
     class Meta:
         indexes = [models.Index(fields=["tenant", "-started_at"])]
