@@ -607,17 +607,18 @@ def segment_membership(condition: Condition, context) -> Q:
 # --- The registry -----------------------------------------------------------------------------------
 
 STAGE_CHOICES = tuple(Stage.choices)
-# The RFM segment names lifecycle writes into CustomerMetrics.rfm_segment (snake case of the usual names).
+# The RFM segment names lifecycle writes into CustomerMetrics.rfm_segment (lifecycle.metrics.RFM_SEGMENT_LABELS;
+# not imported, so that compiling a rule does not load the model-fitting stack).
 RFM_SEGMENT_CHOICES = (
     ("champions", "Champions"),
     ("loyal", "Loyal"),
-    ("potential_loyalist", "Potential loyalist"),
-    ("new_customers", "New customers"),
+    ("potential_loyalists", "Potential loyalists"),
+    ("new", "New customers"),
     ("promising", "Promising"),
-    ("need_attention", "Need attention"),
+    ("needs_attention", "Needs attention"),
     ("about_to_sleep", "About to sleep"),
-    ("at_risk", "At risk"),
-    ("cannot_lose", "Cannot lose them"),
+    ("cant_lose", "Can't lose them"),
+    ("slipping", "Slipping away"),
     ("hibernating", "Hibernating"),
     ("lost", "Lost"),
 )

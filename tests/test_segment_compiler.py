@@ -507,3 +507,18 @@ def test_a_segment_is_one_query_however_many_conditions(world):
             count = members.count()
     assert len(queries) == 1
     assert count == len(oracle_ids(world, rules))
+
+
+def test_every_rfm_segment_lifecycle_writes_can_be_chosen_in_a_rule(workspace):
+    from lifecycle.metrics import rfm_segment
+    from tests.factories import CustomerFactory
+
+    grid = [(recency, frequency) for recency in range(1, 6) for frequency in range(1, 6)]
+    written = set(rfm_segment(pd.Series([r for r, _ in grid]), pd.Series([f for _, f in grid])))
+    assert written <= {code for code, _ in RFM_SEGMENT_CHOICES}
+    promising, other = CustomerFactory(tenant=workspace), CustomerFactory(tenant=workspace)
+    with tenant_scope(workspace):
+        CustomerMetrics.objects.create(customer=promising, rfm_segment="potential_loyalists")
+        CustomerMetrics.objects.create(customer=other, rfm_segment="champions")
+        rules = {"op": "and", "rules": [{"field": "rfm_segment", "operator": "is", "value": "potential_loyalists"}]}
+        assert list(customers_matching(rules, now=NOW).values_list("pk", flat=True)) == [promising.pk]
