@@ -150,11 +150,24 @@ def _untracked(url: str, context: dict) -> bool:
     return url in context.get("links", {}).values()
 
 
-def _track_text_links(text: str, message: Message, context: dict) -> str:
-    return _URL.sub(lambda m: m.group(0) if _untracked(m.group(0), context) else click_url(message, m.group(0)), text)
+class _Tracker:
+    """The signed tracking redirect of each link of one message, signed once (the text and HTML parts share them)."""
+
+    def __init__(self, message: Message):
+        self.message = message
+        self.signed: dict[str, str] = {}
+
+    def __call__(self, url: str) -> str:
+        if url not in self.signed:
+            self.signed[url] = click_url(self.message, url)
+        return self.signed[url]
 
 
-def _text_to_html(text: str, message: Message, context: dict) -> str:
+def _track_text_links(text: str, track: _Tracker, context: dict) -> str:
+    return _URL.sub(lambda m: m.group(0) if _untracked(m.group(0), context) else track(m.group(0)), text)
+
+
+def _text_to_html(text: str, track: _Tracker, context: dict) -> str:
     """Escape plain text, keep its paragraphs and line breaks, and turn its URLs into tracked links."""
     paragraphs = []
     for block in re.split(r"\n\s*\n", text.strip()):
@@ -162,7 +175,7 @@ def _text_to_html(text: str, message: Message, context: dict) -> str:
         for match in _URL.finditer(block):
             pieces.append(html.escape(block[position:match.start()]))
             url = match.group(0)
-            href = url if _untracked(url, context) else click_url(message, url)
+            href = url if _untracked(url, context) else track(url)
             pieces.append(f'<a href="{html.escape(href)}">{html.escape(url)}</a>')
             position = match.end()
         pieces.append(html.escape(block[position:]))
@@ -170,12 +183,12 @@ def _text_to_html(text: str, message: Message, context: dict) -> str:
     return "\n".join(paragraphs)
 
 
-def _track_html_links(markup: str, message: Message, context: dict) -> str:
+def _track_html_links(markup: str, track: _Tracker, context: dict) -> str:
     def rewrite(match):
         url = html.unescape(match.group(2))
         if _untracked(url, context):
             return match.group(0)
-        return f'href="{html.escape(click_url(message, url))}"'
+        return f'href="{html.escape(track(url))}"'
 
     return _HREF.sub(rewrite, markup)
 
@@ -186,13 +199,14 @@ def compose_email(message: Message, step: CampaignStep, campaign: Campaign, send
     subject = render_subject(step.subject, context)
     unsubscribe = context["links"]["unsubscribe"]
     preferences = context["links"]["preferences"]
+    track = _Tracker(message)
     if step.body_format == CampaignStep.Format.HTML:
-        body_html = _track_html_links(render_template(step.body, context, html=True), message, context)
+        body_html = _track_html_links(render_template(step.body, context, html=True), track, context)
         body_text = html.unescape(strip_tags(body_html)).strip()
     else:
         rendered = render_template(step.body, context)
-        body_html = _text_to_html(rendered, message, context)
-        body_text = _track_text_links(rendered, message, context).strip()
+        body_html = _text_to_html(rendered, track, context)
+        body_text = _track_text_links(rendered, track, context).strip()
     address_text = " · ".join(line.strip() for line in workspace.postal_address.splitlines() if line.strip())
     body_text += (
         f"\n\n--\n{workspace.name}" + (f" · {address_text}" if address_text else "")
@@ -230,5 +244,5 @@ def compose_email(message: Message, step: CampaignStep, campaign: Campaign, send
 
 def compose_sms(message: Message, step: CampaignStep, context: dict) -> str:
     """Return the text of an SMS: the rendered body with tracked links and the STOP instruction."""
-    text = _track_text_links(render_template(step.body, context), message, context).strip()
+    text = _track_text_links(render_template(step.body, context), _Tracker(message), context).strip()
     return f"{text}\nSTOP to opt out"[:SMS_MAX_CHARS]
