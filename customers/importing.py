@@ -57,6 +57,7 @@ from customers.signals import send_orders_changed
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 20_000
+IMPORT_WORK_MEM = "64MB"
 ERRORS_SHOWN = 200
 ATTRIBUTE = "attribute"  # mapping value: keep the column as a custom attribute of the customer
 
@@ -692,6 +693,12 @@ class _Stage:
             cursor.execute(f"DROP TABLE IF EXISTS {self.errors}")
             cursor.execute(f"DROP TABLE IF EXISTS {self.orders}")
 
+    def give_memory(self) -> None:
+        """Let this transaction's sorts and hashes over the whole file work in memory (PostgreSQL's default
+        work_mem, 4 MB, sends them to disk at a few hundred thousand rows)."""
+        if self.sql.postgres:
+            self.execute(f"SET LOCAL work_mem = '{IMPORT_WORK_MEM}'")
+
     def analyze(self) -> None:
         """Give the planner the staged row counts (autovacuum never analyzes temporary tables)."""
         if self.sql.postgres:
@@ -837,6 +844,7 @@ def run_import(run: ImportRun, progress: ProgressCallback | None = None) -> Outc
         stage.analyze()
         progress(outcome.rows, "Checking against the workspace's data…")
         with tenant_transaction():
+            stage.give_memory()
             _SQL_CHECKS[run.kind](stage, plan, run)
         outcome.error_rows = stage.error_lines()
         if outcome.error_rows and run.mode == ImportRun.Mode.REJECT:
@@ -848,8 +856,9 @@ def run_import(run: ImportRun, progress: ProgressCallback | None = None) -> Outc
                 stage.drop_bad_rows()
             outcome.skipped = outcome.error_rows
             with tenant_transaction():
+                stage.give_memory()
                 _MERGES[run.kind](stage, plan, run, outcome)
-                staged = RawSQL(f"SELECT order_external_id FROM {stage.table}", ())
+                staged = RawSQL(f"SELECT order_external_id FROM {stage.orders if plan.has_lines else stage.table}", ())
                 touched = (list(Order.objects.filter(external_id__in=staged).order_by()
                                 .values_list("customer_id", flat=True).distinct())
                            if run.kind == ImportRun.Kind.ORDERS else [])
@@ -1097,14 +1106,15 @@ def _merge_orders(stage: _Stage, plan: RowPlan, run: ImportRun, outcome: Outcome
     outcome.unchanged = existing - outcome.updated
     outcome.details["orders"] = orders
     if plan.has_lines:
-        _merge_lines(stage, plan, run, outcome)
+        _merge_lines(stage, plan, run, outcome, replace_stored_lines=existing > 0)
 
 
 def run_currency(plan: RowPlan) -> str:
     return plan.options.currency
 
 
-def _merge_lines(stage: _Stage, plan: RowPlan, run: ImportRun, outcome: Outcome) -> None:
+def _merge_lines(stage: _Stage, plan: RowPlan, run: ImportRun, outcome: Outcome, *,
+                 replace_stored_lines: bool = True) -> None:
     t, tenant = stage.table, run.tenant_id
     if "product_name" in plan.column_of:
         stage.execute(
@@ -1114,13 +1124,15 @@ def _merge_lines(stage: _Stage, plan: RowPlan, run: ImportRun, outcome: Outcome)
             f"ON CONFLICT (tenant_id, sku) DO UPDATE SET name = EXCLUDED.name",
             [tenant],
         )
-    # The file's lines replace the stored lines of each order it contains; other orders are untouched.
-    order_ids = (
-        f"SELECT o.id FROM customers_order o WHERE o.tenant_id = %s AND o.external_id IN "
-        f"(SELECT order_external_id FROM {stage.orders})"
-    )
-    stage.execute(f"DELETE FROM customers_orderline WHERE tenant_id = %s AND order_id IN ({order_ids})",
-                  [tenant, tenant])
+    # The file's lines replace the stored lines of each order it contains; other orders are untouched. When
+    # none of its orders existed before, there is nothing to replace (and a million lookups to save).
+    if replace_stored_lines:
+        order_ids = (
+            f"SELECT o.id FROM customers_order o WHERE o.tenant_id = %s AND o.external_id IN "
+            f"(SELECT order_external_id FROM {stage.orders})"
+        )
+        stage.execute(f"DELETE FROM customers_orderline WHERE tenant_id = %s AND order_id IN ({order_ids})",
+                      [tenant, tenant])
     outcome.details["order_lines"] = stage.execute(
         f"INSERT INTO customers_orderline (tenant_id, order_id, product_id, sku, quantity, unit_price, line_total, "
         f"returned_quantity) SELECT %s, o.id, p.id, COALESCE(s.sku, ''), COALESCE(s.quantity, 1), "
