@@ -24,6 +24,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.models import BooleanField, F, Func, Q, QuerySet, TextField, Value
+from django.db.models.functions import Coalesce
 from django.db.models.fields.tuple_lookups import Tuple, TupleGreaterThan, TupleLessThan
 from django.utils import timezone
 
@@ -389,10 +390,21 @@ def _segments(queryset: QuerySet, sort: ListSort) -> list[_Segment]:
     return [_Segment(with_value, sort.fields), _Segment(queryset.filter(**{f"{first}__isnull": True}), ("id",))]
 
 
-def _keyed(segment: _Segment, descending: bool) -> QuerySet:
+def _keyed(segment: _Segment, descending: bool, few: bool = False) -> QuerySet:
+    """Return the segment's rows in the sort order, with their key values as ``_key0``, ``_key1``…
+
+    ``few``: the capped count saw every match, so they are at most EXACT_COUNT_CAP. Then sorting them is cheap
+    and sure, while walking the sort's index is a gamble on the planner's estimate of how rare they are: for
+    two search terms it guesses far too many, walks most of a million-row index and takes seconds. Ordering by
+    ``COALESCE(key, key)`` (the same value, but no index holds it) makes it find the matches first, then sort.
+    """
     keys = {f"_key{n}": F(name) for n, name in enumerate(segment.fields)}
-    order = [F(name).desc() if descending else F(name).asc() for name in segment.fields]
-    return segment.queryset.annotate(**keys).order_by(*order)
+
+    def key(name):
+        expression = Coalesce(F(name), F(name)) if few else F(name)
+        return expression.desc() if descending else expression.asc()
+
+    return segment.queryset.annotate(**keys).order_by(*[key(name) for name in segment.fields])
 
 
 def _after(queryset: QuerySet, segment: _Segment, values: list, descending: bool) -> QuerySet:
@@ -409,13 +421,13 @@ def _row_values(row, segment: _Segment) -> list:
     return [getattr(row, f"_key{n}") for n in range(len(segment.fields))]
 
 
-def _walk(segments, cursor: _Cursor | None, descending: bool, limit: int) -> list[tuple[int, object]]:
+def _walk(segments, cursor: _Cursor | None, descending: bool, limit: int, few: bool = False) -> list[tuple[int, object]]:
     """Return up to ``limit`` (segment index, row) pairs after ``cursor`` walking in ``descending`` order."""
     found = []
     start = 0 if cursor is None else cursor.segment
     for index in range(start, len(segments)):
         segment = segments[index]
-        queryset = _keyed(segment, descending)
+        queryset = _keyed(segment, descending, few)
         if cursor is not None and index == cursor.segment:
             queryset = _after(queryset, segment, cursor.values, descending)
         found.extend((index, row) for row in queryset[: limit - len(found)])
@@ -424,12 +436,12 @@ def _walk(segments, cursor: _Cursor | None, descending: bool, limit: int) -> lis
     return found
 
 
-def _walk_back(segments, cursor: _Cursor, descending: bool, limit: int) -> list[tuple[int, object]]:
+def _walk_back(segments, cursor: _Cursor, descending: bool, limit: int, few: bool = False) -> list[tuple[int, object]]:
     """Return up to ``limit`` (segment index, row) pairs before ``cursor``, nearest first."""
     found = []
     for index in range(cursor.segment, -1, -1):
         segment = segments[index]
-        queryset = _keyed(segment, not descending)
+        queryset = _keyed(segment, not descending, few)
         if index == cursor.segment:
             queryset = _after(queryset, segment, cursor.values, not descending)
         found.extend((index, row) for row in queryset[: limit - len(found)])
@@ -477,12 +489,12 @@ def _output_fields(segment: _Segment) -> list:
 
 def fetch_page(
     queryset: QuerySet, sort: ListSort, descending: bool, *, after: str | None = None, before: str | None = None,
-    size: int | None = None,
+    size: int | None = None, few: bool = False,
 ) -> KeysetPage:
     """Return the page of ``queryset`` in the given order starting after token ``after`` (or ending before ``before``).
 
     Without a valid token it is the first page. One query per page (two where the rows with a sort value end
-    and those without begin).
+    and those without begin). ``few``: ``queryset`` is known to hold at most EXACT_COUNT_CAP rows (see _keyed).
     """
     size = size or PAGE_SIZE
     segments = _segments(queryset, sort)
@@ -490,7 +502,7 @@ def fetch_page(
     cursor_before = None if cursor_after else decode_token(before, sort, descending, segments)
 
     if cursor_before is not None:
-        found = _walk_back(segments, cursor_before, descending, size + 1)
+        found = _walk_back(segments, cursor_before, descending, size + 1, few)
         if len(found) > size:
             found = found[:size]
             found.reverse()
@@ -498,7 +510,7 @@ def fetch_page(
         # Fewer rows than a page lie before it: show the first page, full.
         cursor_before = None
 
-    found = _walk(segments, cursor_after, descending, size + 1)
+    found = _walk(segments, cursor_after, descending, size + 1, few)
     has_next = len(found) > size
     return _page(found[:size], sort, descending, segments, has_next=has_next, has_previous=cursor_after is not None)
 
@@ -548,7 +560,7 @@ def list_customers(values: dict, *, after: str | None = None, before: str | None
     for column in columns:
         if column.annotate is not None:
             shown = column.annotate(shown)
-    page = fetch_page(shown, sort, descending, after=after, before=before, size=size)
+    page = fetch_page(shown, sort, descending, after=after, before=before, size=size, few=count.exact)
     return CustomerListing(page=page, count=count, columns=columns, sort=sort, descending=descending)
 
 
