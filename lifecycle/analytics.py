@@ -107,7 +107,8 @@ def _kept_live(name: str, compute, stamp: str | None):
 
 def warm_charts(workspace) -> None:
     """Compute the per-run charts of the workspace and the order totals, cache them and store them on its latest
-    run (call in its scope, right after a full run), so no page view scans the orders for them.
+    run (call in its scope, right after a full run), so no page view scans the orders for them; and keep the
+    stage counts the run left.
     """
     run = latest_run()
     if run is None:
@@ -119,6 +120,7 @@ def warm_charts(workspace) -> None:
     retention_cohorts(workspace.slug, workspace.time_zone, run=run)
     run.charts["orders"] = _count_orders()
     LifecycleRun.objects.filter(pk=run.pk).update(charts=run.charts)
+    stage_summary(workspace.slug, stamp=live_stamp(run))  # the first view after the run then counts nothing
 
 
 # --- Stages ------------------------------------------------------------------------------------------
@@ -177,17 +179,12 @@ def stage_flow(workspace_slug: str, time_zone: str, months: int = 12, now: dt.da
     starts = _month_starts(now, months, zone)
 
     def compute():
-        moves = LifecycleEvent.objects.filter(kind="stage").exclude(from_value="")
-        rows = (moves.filter(occurred_at__gte=starts[0])
-                .annotate(month=TruncMonth("occurred_at", tzinfo=zone)).values("month", "to_value")
-                .annotate(n=Count("id")).order_by())
-        recent = (moves.filter(occurred_at__gte=now - dt.timedelta(days=30)).values("from_value", "to_value")
+        recent = (_moves().filter(occurred_at__gte=now - dt.timedelta(days=30)).values("from_value", "to_value")
                   .annotate(n=Count("id")).order_by("-n")[:12])
-        return ([(row["month"].date().replace(day=1), row["to_value"], row["n"]) for row in rows],
-                [(row["from_value"], row["to_value"], row["n"]) for row in recent])
+        return [(row["from_value"], row["to_value"], row["n"]) for row in recent]
 
-    monthly, recent = _kept_live(f"flow:{time_zone}:{starts[0]:%Y-%m}:{months}", compute, stamp)
-    counts = {(month, to_value): n for month, to_value, n in monthly}
+    recent = _kept_live("recent-moves", compute, stamp)
+    counts = {(month, to_value): n for month, to_value, n in _monthly_moves(time_zone, starts, stamp)}
     labels = [start.strftime("%Y-%m") for start in starts]
     datasets = [
         {"stage": stage.value, "label": stage.label, "url": customers_url(workspace_slug, stage=stage.value),
@@ -199,6 +196,25 @@ def stage_flow(workspace_slug: str, time_zone: str, months: int = 12, now: dt.da
                     "count": n, "url": customers_url(workspace_slug, stage=to_value)}
                    for from_value, to_value, n in recent]
     return {"labels": labels, "datasets": datasets, "transitions": transitions}
+
+
+def _moves():
+    # A customer's first classification (no from_value) is no move; the partial index lifecycle_event_moves.
+    return LifecycleEvent.objects.filter(kind="stage").exclude(from_value="")
+
+
+def _monthly_moves(time_zone: str, starts: list[dt.datetime], stamp: str | None) -> list[tuple]:
+    """Return (month's first day, stage moved into, customers) of the moves since ``starts[0]``, by the zone's
+    months; the flow chart and the churn rate share it.
+    """
+
+    def compute():
+        zone = zoneinfo.ZoneInfo(time_zone)
+        rows = (_moves().filter(occurred_at__gte=starts[0]).annotate(month=TruncMonth("occurred_at", tzinfo=zone))
+                .values("month", "to_value").annotate(n=Count("id")).order_by())
+        return [(row["month"].date().replace(day=1), row["to_value"], row["n"]) for row in rows]
+
+    return _kept_live(f"moves:{time_zone}:{starts[0]:%Y-%m}:{len(starts)}", compute, stamp)
 
 
 def churn_rate(workspace_slug: str, time_zone: str, months: int = 12, now: dt.datetime | None = None, *,
@@ -213,15 +229,12 @@ def churn_rate(workspace_slug: str, time_zone: str, months: int = 12, now: dt.da
     alive_stages = ALIVE_STAGES
 
     def compute():
-        lapsed_rows = (LifecycleEvent.objects.filter(kind="stage", to_value=Stage.LAPSED, occurred_at__gte=starts[0])
-                       .exclude(from_value="").annotate(month=TruncMonth("occurred_at", tzinfo=zone))
-                       .values("month").annotate(n=Count("id")).order_by())
         # Runs of the window and a month before it (the first month's base); nightly runs keep this ~400 rows.
-        runs = list(LifecycleRun.objects.filter(started_at__lt=now, started_at__gte=starts[0] - dt.timedelta(days=31))
+        return list(LifecycleRun.objects.filter(started_at__lt=now, started_at__gte=starts[0] - dt.timedelta(days=31))
                     .order_by("started_at").values_list("started_at", "stage_counts"))
-        return {row["month"].date().replace(day=1): row["n"] for row in lapsed_rows}, runs
 
-    lapsed, runs = _kept_live(f"churn:{time_zone}:{starts[0]:%Y-%m}:{months}", compute, stamp)
+    runs = _kept_live(f"churn-runs:{starts[0]:%Y-%m-%d}", compute, stamp)
+    lapsed = {month: n for month, to_value, n in _monthly_moves(time_zone, starts, stamp) if to_value == Stage.LAPSED}
     points = []
     for position, start in enumerate(starts):
         end = starts[position + 1] if position + 1 < len(starts) else now

@@ -438,6 +438,21 @@ def test_after_a_cache_loss_the_pages_show_the_run_s_charts_without_counting_the
     assert [dashboard_number(dashboard, name) for name in ("customers", "orders", "revenue")] == ["5", "8", "1,225"]
 
 
+def test_right_after_the_refresh_task_the_pages_count_no_customers_again(marketer_client, workspace, stages_shop):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from lifecycle import tasks
+
+    tasks.refresh_workspace_job.apply(args=(workspace.pk,)).get()
+    with CaptureQueriesContext(connection) as queries:
+        html = html_of(marketer_client.get(lifecycle_url(workspace)))
+        dashboard = html_of(marketer_client.get(reverse("dashboard", args=[workspace.slug])))
+    assert not [query["sql"] for query in queries if "lifecycle_customermetrics" in query["sql"]]
+    assert stage_card(html, "at_risk")[1] == stage_card(dashboard, "at_risk")[1] == "2"
+    assert metric(html, "at-risk-revenue") == "115.00"
+
+
 # --- Refresh button and roles ---------------------------------------------------------------------------------
 
 
