@@ -1,0 +1,319 @@
+#!/usr/bin/env python
+"""Messages per second through the whole sending pipeline, beside raw smtplib into the same SMTP server.
+
+    DATABASE_URL=postgres://rapport@127.0.0.1:5432/rapport_bench .venv/bin/python bench/send.py --messages 5000
+
+What is measured, in one run, against one local aiosmtpd server (a separate process that only counts):
+
+* **pipeline**: a broadcast to N opted-in customers, from ``dispatch_due()`` (the set-based INSERT of the
+  outbox) to the last ``sent`` mark: ``send_due()`` claims leased batches (``FOR UPDATE SKIP LOCKED``),
+  re-checks consent, builds the personal contexts, composes each e-mail (tracked links, open pixel,
+  List-Unsubscribe), hands it to Django's SMTP backend and commits its ``sent`` mark and timeline entry.
+  One sender, so one SMTP connection at a time, as one ``send_workspace`` task runs.
+* **raw smtplib**: the same rendered messages (composed beforehand, untimed, from the same outbox rows)
+  sent over ONE ``smtplib.SMTP`` connection with ``sendmail``: the floor a Python sender cannot beat.
+
+Both rates and their ratio are printed (see docs/benchmarks.md, "the ratio convention"); the target is a
+ratio of at least 0.5. The database must be PostgreSQL and migrated; the benchmark creates a workspace
+(slug ``bench-send``, replaced on every run) and deletes it afterwards unless ``--keep``.
+``--profile out.prof`` writes a cProfile of the pipeline part (read it with ``python -m pstats out.prof``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+WORKSPACE_SLUG = "bench-send"
+SUBJECT = "Hello {{ first_name }}, spring is here"
+BODY = (
+    "Hi {{ first_name }},\n\nour spring coffees are in: https://shop.example/spring\n\n"
+    "Thank you for being a customer of {{ workspace_name }}.\nSee you soon: https://shop.example/visit"
+)
+
+
+# --- The SMTP server: a separate process that accepts and counts -----------------------------------------
+
+
+def serve_smtp(port: int) -> None:
+    """Run a counting aiosmtpd server on 127.0.0.1:port until SIGTERM; then print 'received <n> <bytes>'."""
+    from aiosmtpd.controller import Controller
+
+    counts = {"messages": 0, "bytes": 0}
+
+    class CountingHandler:
+        async def handle_DATA(self, server, session, envelope):
+            counts["messages"] += len(envelope.rcpt_tos)
+            counts["bytes"] += len(envelope.content)
+            return "250 OK"
+
+    controller = Controller(CountingHandler(), hostname="127.0.0.1", port=port)
+    controller.start()
+    print("ready", flush=True)
+    stopped = asyncio.Event()
+    loop = asyncio.new_event_loop()
+    loop.add_signal_handler(signal.SIGTERM, stopped.set)
+    loop.run_until_complete(stopped.wait())
+    controller.stop()
+    print(f"received {counts['messages']} {counts['bytes']}", flush=True)
+
+
+class SmtpServer:
+    """The counting server as a child process (so it takes no time from the measured process)."""
+
+    def __init__(self):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve-smtp", str(self.port)], stdout=subprocess.PIPE, text=True
+        )
+        if self.process.stdout.readline().strip() != "ready":
+            raise RuntimeError("the SMTP server did not start")
+
+    def stop(self) -> tuple[int, int]:
+        """Stop the server; return (messages, bytes) it received."""
+        self.process.send_signal(signal.SIGTERM)
+        output, _ = self.process.communicate(timeout=10)
+        _, messages, size = output.split()
+        return int(messages), int(size)
+
+
+# --- Data ---------------------------------------------------------------------------------------------------
+
+
+def create_workspace(messages: int):
+    """Create the benchmark workspace with ``messages`` opted-in customers and a due broadcast; return it."""
+    from django.utils import timezone
+
+    from campaigns.models import Campaign, CampaignStep, SenderIdentity, SendingPolicy
+    from crm_site.models import Workspace
+    from crm_site.tenancy import platform_scope, tenant_scope
+    from customers.consent import append_consent_events
+    from customers.models import ConsentEvent, Customer
+
+    previous = Workspace.objects.filter(slug=WORKSPACE_SLUG).first()
+    if previous:
+        delete_workspace(previous)
+    with platform_scope():
+        workspace = Workspace.objects.create(name="Benchmark Coffee", slug=WORKSPACE_SLUG,
+                                             postal_address="Benchmark Coffee\n1 Bean Street\n10115 Berlin")
+    now = timezone.now()
+    with tenant_scope(workspace):
+        # Quiet hours and the frequency cap would make the figure depend on the clock and on earlier runs.
+        SendingPolicy.objects.create(tenant=workspace, frequency_cap=0, quiet_hours_enabled=False)
+        customers = Customer.objects.bulk_create(
+            [Customer(tenant=workspace, email=f"customer{index}@bench.example", first_name=f"Name{index}",
+                      last_name="Bench", first_seen_at=now) for index in range(messages)],
+            batch_size=5000,
+        )
+        append_consent_events([
+            ConsentEvent(tenant=workspace, customer_id=customer.pk, channel="email", action="grant", method="import",
+                         occurred_at=now)
+            for customer in customers
+        ])
+        sender = SenderIdentity.objects.create(tenant=workspace, name="News", from_name="Benchmark Coffee",
+                                               from_email="news@bench.example", reply_to="hello@bench.example")
+        campaign = Campaign.objects.create(tenant=workspace, name="Spring coffees", kind=Campaign.Kind.BROADCAST,
+                                           status=Campaign.Status.SCHEDULED, scheduled_at=now, sender=sender,
+                                           holdout_percent=0)
+        CampaignStep.objects.create(tenant=workspace, campaign=campaign, position=1, subject=SUBJECT, body=BODY)
+    return workspace
+
+
+def outbox_statuses(workspace) -> dict[str, int]:
+    """Return the count of outbox rows per status (and error)."""
+    from django.db.models import Count
+
+    from campaigns.models import Message
+    from crm_site.tenancy import tenant_scope
+
+    with tenant_scope(workspace):
+        rows = Message.objects.order_by().values_list("status", "error").annotate(n=Count("pk"))
+        return {f"{status} {error}".strip(): count for status, error, count in rows}
+
+
+def delete_workspace(workspace) -> None:
+    """Delete the benchmark workspace (its campaigns first: they protect their sender identity)."""
+    from campaigns.models import Campaign
+    from crm_site.tenancy import platform_scope, tenant_scope
+
+    with tenant_scope(workspace):
+        Campaign.objects.all().delete()
+    with platform_scope():
+        workspace.delete()
+
+
+# --- The two measurements -------------------------------------------------------------------------------------
+
+
+def run_pipeline(workspace, expected: int, profile_path: str | None) -> tuple[float, float, int]:
+    """Dispatch and send the broadcast as the Celery tasks would; return (seconds, CPU seconds, messages sent)."""
+    from campaigns.outbox import dispatch_due
+    from campaigns.sending import send_due
+    from crm_site import tenancy
+
+    from django.urls import get_resolver
+
+    # A running worker has its URLconf loaded (links in the messages are reversed): do it before the clock.
+    get_resolver().reverse_dict  # noqa: B018 - populates the resolver
+    profiler = _profiler(profile_path)
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    with tenancy.tenant_scope(workspace):  # dispatch_workspace: one transaction
+        dispatch_due()
+    token = tenancy._current_tenant.set(workspace.pk)  # send_workspace: atomic=False, each batch commits
+    errors = []
+    try:
+        sent = 0
+        while sent < expected:
+            outcome = send_due(budget_seconds=600)
+            sent += outcome.sent
+            errors += outcome.errors
+            if outcome.claimed == 0:
+                break
+    finally:
+        tenancy._current_tenant.reset(token)
+    if errors:
+        print(f"delivery errors   {len(errors)}, e.g. {errors[:3]}")
+    seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile_path)
+    return seconds, cpu_seconds, sent
+
+
+def _profiler(profile_path: str | None):
+    if not profile_path:
+        return None
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def rendered_messages(workspace) -> list[tuple[str, list[str], bytes]]:
+    """Compose the sent outbox rows again, exactly as the sender did; return (from, to, bytes) for smtplib."""
+    from email.policy import SMTP
+
+    from campaigns.composing import Workspace as ComposeWorkspace
+    from campaigns.composing import compose_email
+    from campaigns.models import Message
+    from campaigns.personalization import Recipient, build_contexts, template_variables
+    from crm_site.tenancy import tenant_scope
+
+    with tenant_scope(workspace):
+        messages = list(Message.objects.filter(status=Message.Status.SENT)
+                        .select_related("customer", "step", "campaign", "campaign__sender").order_by("pk"))
+        used = template_variables(SUBJECT, BODY) | {"links"}
+        contexts = build_contexts([Recipient(m.pk, m.customer, m.campaign, m.channel) for m in messages], used=used)
+        compose_workspace = ComposeWorkspace(workspace.name, workspace.postal_address)
+        rendered = []
+        for message in messages:
+            email = compose_email(message, message.step, message.campaign, message.campaign.sender,
+                                  contexts[message.pk], compose_workspace)
+            # As Django's SMTP backend serialises it (policy SMTP: CRLF line ends).
+            rendered.append((email.from_email, email.recipients(), email.message(policy=SMTP).as_bytes()))
+    return rendered
+
+
+def run_raw_smtplib(port: int, rendered: list[tuple[str, list[str], bytes]]) -> tuple[float, float]:
+    """Send the rendered messages over one smtplib connection; return (seconds, CPU seconds) it took."""
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    with smtplib.SMTP("127.0.0.1", port) as server:
+        for from_address, to_addresses, payload in rendered:
+            server.sendmail(from_address, to_addresses, payload)
+    return time.perf_counter() - started, time.process_time() - cpu_started
+
+
+# --- Main -----------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=5000, help="Recipients of the broadcast (default 5000).")
+    parser.add_argument("--batch-size", type=int, default=None, help="RAPPORT_SEND_BATCH_SIZE (default: settings).")
+    parser.add_argument("--keep", action="store_true", help="Keep the benchmark workspace afterwards.")
+    parser.add_argument("--profile", metavar="FILE", help="Write a cProfile of the pipeline part.")
+    parser.add_argument("--serve-smtp", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_smtp:
+        serve_smtp(args.serve_smtp)
+        return 0
+
+    server = SmtpServer()
+    try:
+        return measure(args, server)
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+
+
+def measure(args, server: SmtpServer) -> int:
+    """Create the data, run both measurements, print them; return the exit status."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crm_site.settings")
+    os.environ.update(EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend", EMAIL_HOST="127.0.0.1",
+                      EMAIL_PORT=str(server.port))
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.db import connection
+
+    if not settings.IS_POSTGRES:
+        server.stop()
+        print("bench/send.py needs PostgreSQL: set DATABASE_URL=postgres://…", file=sys.stderr)
+        return 2
+    if args.batch_size:
+        settings.RAPPORT_SEND_BATCH_SIZE = args.batch_size
+
+    workspace = create_workspace(args.messages)
+    try:
+        load_before = os.getloadavg()[0]
+        pipeline_seconds, pipeline_cpu, sent = run_pipeline(workspace, args.messages, args.profile)
+        rendered = rendered_messages(workspace)
+        raw_seconds, raw_cpu = run_raw_smtplib(server.port, rendered)
+        statuses = outbox_statuses(workspace)
+    finally:
+        received, size = server.stop()
+        if not args.keep:
+            delete_workspace(workspace)
+
+    pipeline_rate = sent / pipeline_seconds
+    raw_rate = len(rendered) / raw_seconds
+    print(f"database          {connection.settings_dict['NAME']} (PostgreSQL {connection.pg_version // 10000})")
+    print(f"messages          {args.messages} recipients, batch size {settings.RAPPORT_SEND_BATCH_SIZE}, "
+          f"{size / max(received, 1) / 1024:.1f} KiB per message")
+    print(f"pipeline          {sent} sent in {pipeline_seconds:.2f} s = {pipeline_rate:,.0f} messages/s "
+          f"(dispatch -> outbox -> claimed batches -> SMTP, one sender; {pipeline_cpu / max(sent, 1) * 1000:.2f} ms "
+          "CPU per message in this process)")
+    print(f"raw smtplib       {len(rendered)} sent in {raw_seconds:.2f} s = {raw_rate:,.0f} messages/s "
+          f"(same messages, one connection; {raw_cpu / max(len(rendered), 1) * 1000:.2f} ms CPU per message)")
+    print(f"ratio             {pipeline_rate / raw_rate:.2f} of raw smtplib (target >= 0.50)")
+    print(f"server received   {received} messages (expected {sent + len(rendered)})")
+    print(f"machine           {os.cpu_count()} cores, load average {load_before:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end")
+    if sent != args.messages or received != sent + len(rendered):
+        print(f"bench/send.py: not every message was sent and received (outbox: {statuses})", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
