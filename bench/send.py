@@ -10,8 +10,10 @@ What is measured, in one run, against one local aiosmtpd server (a separate proc
   re-checks consent, builds the personal contexts, composes each e-mail (tracked links, open pixel,
   List-Unsubscribe), hands it to Django's SMTP backend and commits its ``sent`` mark and timeline entry.
   One sender, so one SMTP connection at a time, as one ``send_workspace`` task runs.
-* **raw smtplib**: the same rendered messages (composed beforehand, untimed, from the same outbox rows)
-  sent over ONE ``smtplib.SMTP`` connection with ``sendmail``: the floor a Python sender cannot beat.
+* **raw smtplib**: the same rendered messages (composed again, untimed, from the same outbox rows and
+  serialised as Django's SMTP backend does) sent over ONE ``smtplib.SMTP`` connection with ``sendmail``:
+  the most a Python sender gets through one connection. The pipeline also uses one connection at a time
+  (one per claimed batch), so both sides have the same number of connections.
 
 Both rates and their ratio are printed (see docs/benchmarks.md, "the ratio convention"); the target is a
 ratio of at least 0.5. The database must be PostgreSQL and migrated; the benchmark creates a workspace
