@@ -20,10 +20,11 @@ import uuid
 from dataclasses import dataclass
 from email.mime.multipart import MIMEMultipart
 from email.mime.nonmultipart import MIMENonMultipart
-from email.utils import formataddr, formatdate, getaddresses
+from email.utils import formataddr, formatdate, getaddresses, make_msgid
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
+from django.core.mail.utils import DNS_NAME
 from django.utils.encoding import punycode
 from django.utils.html import strip_tags
 
@@ -80,6 +81,8 @@ class OutboxEmail(EmailMultiAlternatives):
         names = {name.lower() for name in self.extra_headers}
         if "date" not in names:
             root["Date"] = formatdate(usegmt=True)
+        if "message-id" not in names:  # as Django's form does (a test send drops the outbox row's id)
+            root["Message-ID"] = make_msgid(domain=DNS_NAME)
         for name, value in self.extra_headers.items():
             if name.lower() not in {"from", "to", "cc", "reply-to"}:
                 root[name] = _header_value(str(value))

@@ -520,3 +520,4 @@ def test_a_line_break_in_a_subject_cannot_add_a_header():
     mail.attach_alternative("<p>Hi</p>", "text/html")
     received = message_from_bytes(mail.message(policy=policy.SMTP).as_bytes(), policy=policy.default)
     assert received["Bcc"] is None and received["Subject"] == "Hello Bcc: victim@example.org"
+    assert received["Message-ID"] and received["Date"]  # given by the form when the composer set none
