@@ -5,6 +5,7 @@ re-claims what a dead sender left behind."""
 import datetime as dt
 import json
 import threading
+from contextlib import contextmanager
 from email.utils import parseaddr
 from urllib.parse import urlsplit
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -143,8 +144,6 @@ def holding_smtp(settings):
     """An SMTP server that keeps its answer to the first mail until the test releases it."""
     import asyncio
 
-    from aiosmtpd.controller import Controller
-
     server = {"received": [], "first_mail": threading.Event(), "release": threading.Event()}
 
     class Handler:
@@ -155,16 +154,11 @@ def holding_smtp(settings):
                 await asyncio.get_running_loop().run_in_executor(None, server["release"].wait, 20)
             return "250 OK"
 
-    port = _free_port()
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-    controller.start()
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
-    try:
-        yield server
-    finally:
-        server["release"].set()
-        controller.stop()
+    with _smtp_server(Handler(), settings):
+        try:
+            yield server
+        finally:
+            server["release"].set()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -232,8 +226,6 @@ def test_sent_campaign_is_done(smtp_sink, workspace):
 @pytest.fixture
 def picky_smtp(settings):
     """An SMTP server that answers 451 (try later) for 'busy@' and 550 (no such user) for 'gone@'."""
-    from aiosmtpd.controller import Controller
-
     received = []
 
     class Handler:
@@ -249,13 +241,22 @@ def picky_smtp(settings):
             received.extend(envelope.rcpt_tos)
             return "250 OK"
 
+    with _smtp_server(Handler(), settings):
+        yield received
+
+
+@contextmanager
+def _smtp_server(handler, settings):
+    """Run a real SMTP server (aiosmtpd) with ``handler`` on a free port and point Django's SMTP backend at it."""
+    from aiosmtpd.controller import Controller
+
     port = _free_port()
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
     try:
-        yield received
+        yield
     finally:
         controller.stop()
 
