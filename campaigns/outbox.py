@@ -369,7 +369,9 @@ def dispatch_due(*, now: dt.datetime | None = None) -> DispatchResult:
     now = now or timezone.now()
     policy = sending_policy()
     result = DispatchResult()
-    due_broadcasts = Campaign.objects.filter(
+    # Locked, skipping what another dispatcher holds: two dispatch tasks of a workspace at once (beat kicks
+    # piling up behind a busy or restarted worker) must not open two runs of one broadcast.
+    due_broadcasts = Campaign.objects.select_for_update(skip_locked=True, of=("self",)).filter(
         kind=Campaign.Kind.BROADCAST, status=Campaign.Status.SCHEDULED, scheduled_at__lte=now
     )
     for campaign in due_broadcasts:

@@ -391,3 +391,37 @@ def test_dispatch_of_a_large_audience_is_a_handful_of_queries(workspace, django_
     assert result.created == 2000
     assert connection.vendor in ("postgresql", "sqlite")
     assert timezone.now()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_dispatchers_at_once_open_one_run_of_a_broadcast(workspace):
+    import threading
+
+    for _ in range(3):
+        CustomerFactory(tenant=workspace, email_opt_in=True)
+    campaign = broadcast(workspace, scheduled_at=timezone.now() - dt.timedelta(minutes=1))
+    first_dispatched, finish_first = threading.Event(), threading.Event()
+
+    def dispatcher(hold_open: bool):
+        try:
+            with tenant_scope(workspace):
+                dispatch_due()
+                if hold_open:  # still in its transaction, as a slow dispatch task would be
+                    first_dispatched.set()
+                    finish_first.wait(20)
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=dispatcher, args=(True,))
+    first.start()
+    assert first_dispatched.wait(20)
+    second = threading.Thread(target=dispatcher, args=(False,))
+    second.start()
+    second.join(5)
+    finish_first.set()
+    first.join(20)
+    second.join(20)
+
+    with tenant_scope(workspace):
+        assert CampaignRun.objects.filter(campaign=campaign).count() == 1
+    assert statuses(campaign) == {"pending": 3}
