@@ -4,10 +4,10 @@ the message, nobody who opted out, is suppressed, is held out or withdraws conse
 nothing is lost.
 
 "Exactly one message": every eligible customer receives one message, the same one (its outbox row's
-Message-ID) however often a killed sender's batch is re-claimed. A worker killed between the SMTP server's
-"250 OK" and the commit of its ``sent`` mark (one round trip later) cannot know the server has the mail, so
-that one message is handed over again with the same Message-ID (see campaigns.sending): such repeats are
-counted here and may not exceed one per kill.
+Message-ID) however often a killed sender's batch is re-claimed. A worker killed after the SMTP server took a
+mail and before its ``sent`` mark reached PostgreSQL leaves no trace that the server has it, so that one
+message is handed over again with the same Message-ID (see campaigns.sending; receivers and ESPs can drop it):
+such repeats are counted here and may not exceed one per kill.
 
 Everything runs against the test's own processes: a Redis server on a free port (not the shared one), an
 aiosmtpd server in this process, two ``celery worker`` processes and a ``celery beat`` on the test database.
