@@ -10,10 +10,10 @@ marked ``sent`` in its own commit right after the server accepted it. A sender t
 rows ``sending``; when the lease expires another sender claims them again, so nothing is lost.
 
 The one window that cannot be closed: the SMTP server (or ESP) accepted a message and the worker died
-before the ``sent`` commit (microseconds on a healthy database). That message is sent again after the
-lease expires. It carries the same ``Message-ID`` (derived from the outbox row) and, for ESPs, the
-same metadata, so a receiver or ESP that deduplicates drops it; the tests count such repeats and they
-are bounded by the number of crashes. A sender that is merely slow never overlaps another: it stops
+before its ``sent`` mark reached the database (the time to read the server's answer and send the mark; the
+mark does not wait for its commit, see ``SentMarks``). That message is sent again after the lease expires. It carries the same ``Message-ID`` (derived from the outbox row) and, for ESPs, the
+same metadata, so a receiver or ESP that deduplicates drops it; tests/test_send_reliability.py counts such
+repeats: at most one per killed worker. A sender that is merely slow never overlaps another: it stops
 before its lease runs out and hands the rest of its batch back.
 
 ``sent`` marks are committed with ``synchronous_commit = off``: a worker crash cannot lose them (the
