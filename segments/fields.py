@@ -378,6 +378,27 @@ def _column_positive(path: str, operator: str, value: Any, context, text: bool) 
     raise ValueError(f"operator {operator!r} has no column form")  # the registry never offers it
 
 
+def _with_related_tenant(positive: Q, path: str) -> Q:
+    """``positive`` on a related row (``metrics__…``), also naming that row's workspace.
+
+    Row-level security already keeps other workspaces' rows out, but only a condition in the query lets the
+    planner use the ``(tenant_id, …)`` indexes of the related table. Only for positive lookups: a customer
+    without the related row matches none of them anyway (negations keep their IS NULL half, unchanged).
+    """
+    from crm_site.tenancy import current_tenant_id
+
+    relation, _, rest = path.partition("__")
+    tenant_id = current_tenant_id()
+    if not rest or tenant_id is None or is_empty_lookup(positive):
+        return positive
+    return positive & Q(**{f"{relation}__tenant_id": tenant_id})
+
+
+def is_empty_lookup(condition: Q) -> bool:
+    """Whether ``condition`` tests for a missing value (``__isnull=True``), which a missing related row satisfies."""
+    return any(isinstance(child, tuple) and child[0].endswith("__isnull") and child[1] for child in condition.children)
+
+
 def _complement(positive: Q, path: str) -> Q:
     """NOT ``positive`` for a lookup that is false on NULL, true where the column is NULL.
 
@@ -399,7 +420,7 @@ def column(path: str, *, text: bool = False) -> Callable[[Condition, Any], Q]:
             return ~_column_positive(path, "is_empty", value, context, text)
         if operator in NEGATIONS:
             return _complement(_column_positive(path, NEGATIONS[operator], value, context, text), path)
-        return _column_positive(path, operator, value, context, text)
+        return _with_related_tenant(_column_positive(path, operator, value, context, text), path)
 
     return compile_column
 

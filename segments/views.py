@@ -13,7 +13,9 @@ from django.views.decorators.http import require_POST
 from crm_site.tenancy import requires_role, tenant_scope
 from customers.normalize import escape_formula
 from segments import builder
-from segments.audience import InvalidRules, RuleError, customers_matching, segment_members, validate_rules
+from segments.audience import (
+    InvalidRules, RuleError, count_customers, customers_matching, segment_members, validate_rules,
+)
 from segments.editing import SegmentInUse, copy_segment, delete_segment, save_segment
 from segments.forms import SegmentForm, UploadForm
 from segments.models import Segment
@@ -48,7 +50,7 @@ def member_count(request, workspace_slug, segment_id):
     """The member count of one segment, as a small fragment (the list page loads these with htmx)."""
     segment = _segment(segment_id)
     try:
-        count = segment_members(segment).count()
+        count = count_customers(segment_members(segment))
     except InvalidRules as invalid:
         return render(request, "segments/partials/count.html", {"error": str(invalid)})
     return render(request, "segments/partials/count.html", {"count": count, "segment": segment})
@@ -60,7 +62,7 @@ def detail(request, workspace_slug, segment_id):
     count, sample = None, []
     try:
         members = segment_members(segment)
-        count = members.count()
+        count = count_customers(members)
         sample = list(members.order_by("-pk")[:SAMPLE_SIZE])
     except InvalidRules as invalid:
         errors = invalid.errors
@@ -141,7 +143,7 @@ def _preview_context(rules: dict, segment: Segment | None) -> dict:
         return {"errors": errors}
     try:
         members = customers_matching(rules, segment=editing)
-        return {"count": members.count(), "sample": list(members.order_by("-pk")[:SAMPLE_SIZE]),
+        return {"count": count_customers(members), "sample": list(members.order_by("-pk")[:SAMPLE_SIZE]),
                 "rules_in_words": describe_rules(rules, _segment_names())}
     except InvalidRules as invalid:
         return {"errors": invalid.errors}
