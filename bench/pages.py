@@ -321,6 +321,29 @@ def benchmark_pages(*, workspace_slug: str = "bench", requests: int = 30, deep_p
     return timings
 
 
+def stale_statistics(workspace, tables=("customers_customer", "lifecycle_customermetrics")) -> list[str]:
+    """Return a warning per table whose planner statistics count far fewer rows than the workspace holds (not
+    ANALYZEd since a bulk write): the plans, and so the timings, are then not those of a settled database."""
+    from django.db import connection
+
+    from crm_site.tenancy import tenant_scope
+
+    warnings = []
+    with tenant_scope(workspace), connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = %s", [table])
+            row = cursor.fetchone()
+            if row is None:
+                continue
+            cursor.execute(f"SELECT COUNT(*) FROM {connection.ops.quote_name(table)} WHERE tenant_id = %s",
+                           [workspace.pk])
+            rows = cursor.fetchone()[0]
+            if rows > 1000 and max(row[0], 0) < rows / 2:
+                warnings.append(f"WARNING: the planner believes {table} holds {max(row[0], 0):,} rows, the workspace "
+                                f"alone has {rows:,}: run ANALYZE {table} for settled plans")
+    return warnings
+
+
 def _report(timings: list[PageTiming], workspace, requests: int, echo) -> None:
     from crm_site.tenancy import tenant_scope
     from customers.models import Customer
@@ -329,6 +352,8 @@ def _report(timings: list[PageTiming], workspace, requests: int, echo) -> None:
         customers = Customer.objects.count()
     echo(f"Customer list of workspace '{workspace.slug}' ({customers:,} customers), {requests} requests per URL "
          f"after {WARM_UP} warm-up; milliseconds")
+    for warning in stale_statistics(workspace):
+        echo(warning)
     echo(f"{'URL':<46} {'page p50':>9} {'p95':>7} {'SQL p50':>8} {'p95':>7} {'ratio':>6} {'stmts':>5}  matches")
     for timing in timings:
         flag = "  SLOW" if timing.page_p95 > SLOW_MS else ""
