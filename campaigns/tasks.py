@@ -4,6 +4,11 @@ Beat runs ``dispatch_due_everywhere`` and ``send_due_everywhere`` every few seco
 created on migrate, editable in Django admin). They fan out one task per workspace with work. Nothing
 depends on a task surviving: send times and leases live in the database, so a lost task (a restarted
 broker, a killed worker) is simply replaced by the next kick.
+
+The tasks they queue expire after one tick (``fan_out_expiry``): beat queues work every tick whether or not
+the workers are still busy with the last one, and without an expiry the queue would grow behind them (two
+senders per workspace every 15 seconds, each then starting late, long after its tick). A worker that takes
+up an expired task drops it at once; the next tick has queued a fresh one.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def dispatch_due_everywhere() -> int:
                                                                           Campaign.Status.SENDING))
         tenant_ids = list(Workspace.objects.filter(is_active=True).filter(Exists(live)).values_list("pk", flat=True))
     for tenant_id in tenant_ids:
-        dispatch_workspace.delay(tenant_id)
+        dispatch_workspace.apply_async((tenant_id,), expires=fan_out_expiry(settings.RAPPORT_DISPATCH_EVERY_SECONDS))
     log.debug("dispatch queued for %s workspaces at %s", len(tenant_ids), now)
     return len(tenant_ids)
 
@@ -48,12 +53,20 @@ def dispatch_workspace() -> dict:
     return {"created": result.created, "deferred": result.deferred}
 
 
+def fan_out_expiry(every_seconds: int) -> int:
+    """Return how long a queued dispatch or send task stays worth starting: until the next tick replaces it."""
+    return max(int(every_seconds), 1)
+
+
 def queue_senders(tenant_id: int) -> None:
-    """Queue the workspace's senders once the current transaction commits (they must see its messages)."""
+    """Queue the workspace's senders once the current transaction commits (they must see its messages).
+
+    A sender no worker has started by the next send tick expires: that tick queues its own.
+    """
 
     def queue():
         for _ in range(settings.RAPPORT_SEND_PARALLELISM):
-            send_workspace.delay(tenant_id)
+            send_workspace.apply_async((tenant_id,), expires=fan_out_expiry(settings.RAPPORT_SEND_EVERY_SECONDS))
 
     transaction.on_commit(queue)
 

@@ -343,6 +343,64 @@ def test_messages_of_a_dead_sender_are_reclaimed_after_the_lease_and_sent_once(s
         assert sorted(Message.objects.values_list("attempts", flat=True)) == [1, 1, 2, 2, 2]
 
 
+@pytest.fixture
+def redis_broker(transactional_db):
+    """Celery pointed at Redis (RAPPORT_TEST_REDIS_URL) with no worker yet: the test starts one when it wants."""
+    import os
+
+    from crm_site.celery import app
+    from tests.conftest import _missing, _reset_broker_pools
+
+    redis_url = os.environ.get("RAPPORT_TEST_REDIS_URL")
+    if not redis_url:
+        _missing("needs Redis: set RAPPORT_TEST_REDIS_URL=redis://…")
+    saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager", "broker_transport_options")}
+    app.conf.update(broker_url=redis_url, task_always_eager=False, broker_transport_options={"visibility_timeout": 60})
+    _reset_broker_pools(app)
+    redis = app.connection_for_write().default_channel.client
+    redis.flushdb()
+    yield app, redis
+    app.conf.update(saved)
+    _reset_broker_pools(app)
+
+
+@pytest.mark.redis
+def test_a_sender_queued_by_beat_that_no_worker_started_before_the_next_tick_is_dropped(redis_broker, smtp_sink,
+                                                                                        workspace, settings):
+    """Beat queues senders every tick; behind busy workers they must not pile up and all start late."""
+    import time
+
+    from celery.contrib.testing.worker import start_worker
+
+    from campaigns.tasks import send_due_everywhere
+
+    app, redis = redis_broker
+    settings.RAPPORT_SEND_EVERY_SECONDS = 1
+    CustomerFactory(tenant=workspace, email="ann@example.org", email_opt_in=True)
+    live_broadcast(workspace)
+    with tenant_scope(workspace):
+        dispatch_due()
+    assert send_due_everywhere() == 1  # a tick while every worker is busy: two senders wait in the queue
+    assert redis.llen("send") == settings.RAPPORT_SEND_PARALLELISM
+    time.sleep(1.5)  # the next tick is due: they are stale
+    with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING",
+                      queues=["send"], shutdown_timeout=10):
+        deadline = time.monotonic() + 10
+        while redis.llen("send") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert redis.llen("send") == 0 and smtp_sink.messages == []  # taken up and dropped, not run
+        with tenant_scope(workspace):
+            assert list(Message.objects.values_list("status", flat=True)) == ["pending"]
+
+        settings.RAPPORT_SEND_EVERY_SECONDS = 15
+        assert send_due_everywhere() == 1  # the next tick's senders start in time and deliver
+        smtp_sink.wait_for(1, timeout=20)
+        assert recipients(smtp_sink) == ["ann@example.org"]
+    with tenant_scope(workspace):
+        assert list(Message.objects.values_list("status", flat=True)) == ["sent"]
+
+
 @pytest.mark.django_db
 def test_paused_campaign_sends_nothing_until_resumed(smtp_sink, workspace):
     CustomerFactory(tenant=workspace, email_opt_in=True)
