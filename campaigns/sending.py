@@ -27,15 +27,18 @@ import datetime as dt
 import logging
 import os
 import random
+import re
 import select
 import smtplib
 import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from email import policy as email_policy
 
 from django.conf import settings
 from django.core.mail import get_connection
+from django.core.mail.backends.smtp import EmailBackend as SmtpBackend
 from django.db import DatabaseError, connection
 from django.db.models import CharField, Exists, F, OuterRef, Q, Value
 from django.db.models.functions import Concat, JSONObject
@@ -422,6 +425,7 @@ def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent
     mail_connection = None
     consent = ConsentWatch(owner)
     marks = SentMarks(owner, outcome, sent_ids)
+    envelope_senders: dict[str, str] = {}
     try:
         for index, (message, email) in enumerate(composed):
             if time.monotonic() > stop_at:
@@ -437,7 +441,7 @@ def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent
                 if mail_connection is None:
                     mail_connection = get_connection(fail_silently=False)
                     mail_connection.open()
-                mail_connection.send_messages([email])
+                _hand_over(mail_connection, email, envelope_senders)
             except Exception as error:  # noqa: BLE001 - every delivery failure is classified and recorded
                 marks.collect()
                 permanent, reason = _classify_smtp_error(error)
@@ -466,6 +470,30 @@ def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent
             marks.collect()
         finally:
             _close_quietly(mail_connection)
+
+
+# A bare ASCII dot-atom address: Django's SMTP backend would pass it to the server as it is.
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+                            r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\Z")
+
+
+def _hand_over(mail_connection, email, envelope_senders: dict[str, str]) -> None:
+    """Hand one composed e-mail to the mail server; raise what the backend raises when it does not take it.
+
+    Through Django's SMTP backend this is what its ``send_messages`` does for one message, without parsing
+    the same From address for every message of a batch (``envelope_senders`` keeps it) or a plain recipient
+    address at all (about a third of a millisecond per message). Any other backend (an ESP's) gets the mail
+    as usual.
+    """
+    if type(mail_connection) is not SmtpBackend or mail_connection.connection is None:
+        mail_connection.send_messages([email])
+        return
+    if email.from_email not in envelope_senders:
+        envelope_senders[email.from_email] = mail_connection.prep_address(email.from_email)
+    recipients = [address if _PLAIN_ADDRESS.match(address) else mail_connection.prep_address(address)
+                  for address in email.recipients()]
+    mail_connection.connection.sendmail(envelope_senders[email.from_email], recipients,
+                                        email.message(policy=email_policy.SMTP).as_bytes())
 
 
 def _close_quietly(mail_connection) -> None:
