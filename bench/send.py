@@ -14,6 +14,9 @@ What is measured, in one run, against one local aiosmtpd server (a separate proc
   serialised as Django's SMTP backend does) sent over ONE ``smtplib.SMTP`` connection with ``sendmail``:
   the most a Python sender gets through one connection. The pipeline also uses one connection at a time
   (one per claimed batch), so both sides have the same number of connections.
+* ``--senders N``: N sender processes at once (as N ``send_workspace`` tasks in N worker processes; deployed
+  with RAPPORT_SEND_PARALLELISM, 2 by default), against raw smtplib over N connections at once (N processes,
+  the messages dealt out among them), so again the same number of connections on both sides.
 
 Both rates and their ratio are printed (see docs/benchmarks.md, "the ratio convention"); the target is a
 ratio of at least 0.5. The database must be PostgreSQL and migrated; the benchmark creates a workspace
@@ -162,10 +165,13 @@ def delete_workspace(workspace) -> None:
 # --- The two measurements -------------------------------------------------------------------------------------
 
 
-def run_pipeline(workspace, expected: int, profile_path: str | None) -> tuple[float, float, int]:
-    """Dispatch and send the broadcast as the Celery tasks would; return (seconds, CPU seconds, messages sent)."""
+def run_pipeline(workspace, expected: int, profile_path: str | None, senders: int = 1) -> tuple[float, float, int]:
+    """Dispatch and send the broadcast as the Celery tasks would; return (seconds, CPU seconds, messages sent).
+
+    With ``senders`` > 1, that many sender processes run at once (``send_workspace`` tasks in as many
+    worker processes, as RAPPORT_SEND_PARALLELISM queues them), each with its own database and SMTP connection.
+    """
     from campaigns.outbox import dispatch_due
-    from campaigns.sending import send_due
     from crm_site import tenancy
 
     from django.urls import get_resolver
@@ -177,7 +183,27 @@ def run_pipeline(workspace, expected: int, profile_path: str | None) -> tuple[fl
     started = time.perf_counter()
     with tenancy.tenant_scope(workspace):  # dispatch_workspace: one transaction
         dispatch_due()
-    token = tenancy._current_tenant.set(workspace.pk)  # send_workspace: atomic=False, each batch commits
+    if senders > 1:
+        sent, errors, children_cpu = _in_processes(senders, _send_workspace, [(workspace.pk, expected)] * senders)
+    else:
+        sent, errors, children_cpu = *_send_workspace(workspace.pk, expected)[:2], 0.0
+    if errors:
+        print(f"delivery errors   {len(errors)}, e.g. {errors[:3]}")
+    seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started + children_cpu
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile_path)
+    return seconds, cpu_seconds, sent
+
+
+def _send_workspace(workspace_id: int, expected: int) -> tuple[int, list[str], float]:
+    """Run one sender as a ``send_workspace`` task does until nothing is left; return (sent, errors, CPU seconds)."""
+    from campaigns.sending import send_due
+    from crm_site import tenancy
+
+    cpu_started = time.process_time()
+    token = tenancy._current_tenant.set(workspace_id)  # send_workspace: atomic=False, each batch commits
     errors = []
     try:
         sent = 0
@@ -189,14 +215,19 @@ def run_pipeline(workspace, expected: int, profile_path: str | None) -> tuple[fl
                 break
     finally:
         tenancy._current_tenant.reset(token)
-    if errors:
-        print(f"delivery errors   {len(errors)}, e.g. {errors[:3]}")
-    seconds = time.perf_counter() - started
-    cpu_seconds = time.process_time() - cpu_started
-    if profiler:
-        profiler.disable()
-        profiler.dump_stats(profile_path)
-    return seconds, cpu_seconds, sent
+    return sent, errors, time.process_time() - cpu_started
+
+
+def _in_processes(count: int, function, arguments: list[tuple]) -> tuple[int, list, float]:
+    """Run ``function(*arguments[i])`` in ``count`` forked processes at once; return the sums of their results."""
+    import multiprocessing
+
+    from django.db import connections
+
+    connections.close_all()  # each child opens its own
+    with multiprocessing.get_context("fork").Pool(count) as pool:
+        results = pool.starmap(function, arguments)
+    return sum(r[0] for r in results), [e for r in results for e in r[1]], sum(r[2] for r in results)
 
 
 def _profiler(profile_path: str | None):
@@ -234,14 +265,26 @@ def rendered_messages(workspace) -> list[tuple[str, list[str], bytes]]:
     return rendered
 
 
-def run_raw_smtplib(port: int, rendered: list[tuple[str, list[str], bytes]]) -> tuple[float, float]:
-    """Send the rendered messages over one smtplib connection; return (seconds, CPU seconds) it took."""
+def run_raw_smtplib(port: int, rendered: list[tuple[str, list[str], bytes]],
+                    connections: int = 1) -> tuple[float, float]:
+    """Send the rendered messages over ``connections`` smtplib connections (one process each when more than
+    one, the messages dealt out in turn); return (seconds, CPU seconds) it took."""
     cpu_started = time.process_time()
     started = time.perf_counter()
+    if connections > 1:
+        shares = [(port, rendered[index::connections]) for index in range(connections)]
+        _, _, children_cpu = _in_processes(connections, _raw_connection, shares)
+    else:
+        children_cpu = _raw_connection(port, rendered)[2]
+    return time.perf_counter() - started, time.process_time() - cpu_started + children_cpu * (connections > 1)
+
+
+def _raw_connection(port: int, rendered: list[tuple[str, list[str], bytes]]) -> tuple[int, list, float]:
+    cpu_started = time.process_time()
     with smtplib.SMTP("127.0.0.1", port) as server:
         for from_address, to_addresses, payload in rendered:
             server.sendmail(from_address, to_addresses, payload)
-    return time.perf_counter() - started, time.process_time() - cpu_started
+    return len(rendered), [], time.process_time() - cpu_started
 
 
 # --- Main -----------------------------------------------------------------------------------------------------
@@ -251,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=5000, help="Recipients of the broadcast (default 5000).")
     parser.add_argument("--batch-size", type=int, default=None, help="RAPPORT_SEND_BATCH_SIZE (default: settings).")
+    parser.add_argument("--senders", type=int, default=1,
+                        help="Sender processes at once, against raw smtplib over as many connections (default 1).")
     parser.add_argument("--keep", action="store_true", help="Keep the benchmark workspace afterwards.")
     parser.add_argument("--profile", metavar="FILE", help="Write a cProfile of the pipeline part.")
     parser.add_argument("--serve-smtp", type=int, metavar="PORT", help=argparse.SUPPRESS)
@@ -288,9 +333,9 @@ def measure(args, server: SmtpServer) -> int:
     workspace = create_workspace(args.messages)
     try:
         load_before = os.getloadavg()[0]
-        pipeline_seconds, pipeline_cpu, sent = run_pipeline(workspace, args.messages, args.profile)
+        pipeline_seconds, pipeline_cpu, sent = run_pipeline(workspace, args.messages, args.profile, args.senders)
         rendered = rendered_messages(workspace)
-        raw_seconds, raw_cpu = run_raw_smtplib(server.port, rendered)
+        raw_seconds, raw_cpu = run_raw_smtplib(server.port, rendered, args.senders)
         statuses = outbox_statuses(workspace)
     finally:
         received, size = server.stop()
@@ -303,10 +348,11 @@ def measure(args, server: SmtpServer) -> int:
     print(f"messages          {args.messages} recipients, batch size {settings.RAPPORT_SEND_BATCH_SIZE}, "
           f"{size / max(received, 1) / 1024:.1f} KiB per message")
     print(f"pipeline          {sent} sent in {pipeline_seconds:.2f} s = {pipeline_rate:,.0f} messages/s "
-          f"(dispatch -> outbox -> claimed batches -> SMTP, one sender; {pipeline_cpu / max(sent, 1) * 1000:.2f} ms "
-          "CPU per message in this process)")
+          f"(dispatch -> outbox -> claimed batches -> SMTP, {_senders(args.senders)}; "
+          f"{pipeline_cpu / max(sent, 1) * 1000:.2f} ms CPU per message in the sending processes)")
     print(f"raw smtplib       {len(rendered)} sent in {raw_seconds:.2f} s = {raw_rate:,.0f} messages/s "
-          f"(same messages, one connection; {raw_cpu / max(len(rendered), 1) * 1000:.2f} ms CPU per message)")
+          f"(same messages, {_senders(args.senders, 'connection')}; "
+          f"{raw_cpu / max(len(rendered), 1) * 1000:.2f} ms CPU per message)")
     print(f"ratio             {pipeline_rate / raw_rate:.2f} of raw smtplib (target >= 0.50)")
     print(f"server received   {received} messages (expected {sent + len(rendered)})")
     print(f"machine           {os.cpu_count()} cores, load average {load_before:.1f} at the start, "
@@ -315,6 +361,10 @@ def measure(args, server: SmtpServer) -> int:
         print(f"bench/send.py: not every message was sent and received (outbox: {statuses})", file=sys.stderr)
         return 1
     return 0
+
+
+def _senders(count: int, noun: str = "sender") -> str:
+    return f"one {noun}" if count == 1 else f"{count} {noun}s at once"
 
 
 if __name__ == "__main__":
