@@ -57,9 +57,12 @@ class CustomerMetrics(TenantModel):
             models.Index(fields=["tenant", "stage"]),
             models.Index(fields=["tenant", "is_heavy_user"]),
             models.Index(fields=["tenant", "is_reward_due"]),
-            models.Index(fields=["tenant", "-revenue"]),
-            models.Index(fields=["tenant", "last_order_at"]),
             models.Index(fields=["tenant", "rfm_segment"]),
+            # The customer list pages by keyset on (key, customer) in either direction: with the customer as the
+            # tie-breaker one index walk serves a sort (88,000 customers of a million share revenue 0.00).
+            models.Index(fields=["tenant", "revenue", "customer"], name="metrics_revenue_order"),
+            models.Index(fields=["tenant", "last_order_at", "customer"], name="metrics_last_order_order"),
+            models.Index(fields=["tenant", "stage", "last_order_at", "customer"], name="metrics_stage_last_order"),
         ]
 
     def __str__(self):
