@@ -395,20 +395,29 @@ def retention_cohorts(workspace_slug: str, time_zone: str, months: int = COHORT_
             CustomerMetrics.objects.filter(first_order_at__gte=starts[0])
             .annotate(cohort=TruncMonth("first_order_at", tzinfo=zone)).values("cohort")
             .annotate(n=Count("id")).order_by())}
-        # Orders joined to their customer's metrics row directly (the ORM's path goes through customers_customer).
-        with connection.cursor() as cursor:
-            cursor.execute(
-                """
-                SELECT date_trunc('month', m.first_order_at AT TIME ZONE %(zone)s) AS cohort,
-                       date_trunc('month', o.placed_at AT TIME ZONE %(zone)s) AS month, COUNT(DISTINCT o.customer_id)
-                FROM customers_order o JOIN lifecycle_customermetrics m ON m.customer_id = o.customer_id
-                WHERE o.tenant_id = %(tenant)s AND m.tenant_id = %(tenant)s AND o.placed_at >= %(start)s
-                  AND m.first_order_at >= %(start)s AND o.status IN ('placed', 'partially_refunded')
-                GROUP BY 1, 2
-                """,
-                {"zone": time_zone, "tenant": current_tenant_id(), "start": starts[0]},
-            )
-            active = cursor.fetchall()
+        if connection.vendor == "postgresql":
+            # Orders joined to their customer's metrics row directly (the ORM's path goes through customers_customer).
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    """
+                    SELECT date_trunc('month', m.first_order_at AT TIME ZONE %(zone)s) AS cohort,
+                           date_trunc('month', o.placed_at AT TIME ZONE %(zone)s) AS month,
+                           COUNT(DISTINCT o.customer_id)
+                    FROM customers_order o JOIN lifecycle_customermetrics m ON m.customer_id = o.customer_id
+                    WHERE o.tenant_id = %(tenant)s AND m.tenant_id = %(tenant)s AND o.placed_at >= %(start)s
+                      AND m.first_order_at >= %(start)s AND o.status IN ('placed', 'partially_refunded')
+                    GROUP BY 1, 2
+                    """,
+                    {"zone": time_zone, "tenant": current_tenant_id(), "start": starts[0]},
+                )
+                active = cursor.fetchall()
+        else:  # the embedded SQLite of `make run`
+            active = list(
+                Order.objects.filter(placed_at__gte=starts[0], status__in=("placed", "partially_refunded"),
+                                     customer__metrics__first_order_at__gte=starts[0])
+                .annotate(cohort=TruncMonth("customer__metrics__first_order_at", tzinfo=zone),
+                          month=TruncMonth("placed_at", tzinfo=zone))
+                .values_list("cohort", "month").annotate(n=Count("customer_id", distinct=True)).order_by())
         return ({cohort.date().isoformat(): n for cohort, n in sizes.items()},
                 [(cohort.date().isoformat(), month.date().isoformat(), n) for cohort, month, n in active])
 

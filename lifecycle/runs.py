@@ -116,10 +116,23 @@ def refresh_workspace(workspace: Workspace | int, *, now: dt.datetime | None = N
             events_written=events, stage_counts={stage: counts.get(stage, 0) for stage in Stage.values},
             seconds=round(time.monotonic() - started, 3),
         )
+    _refresh_statistics(rows)
     progress(REFRESH_STEPS, REFRESH_STEPS, f"{rows:,} customers changed, {events:,} transitions recorded")
     log.info("lifecycle refresh of workspace %s: %s customers, %s rows, %s events in %.1fs", workspace.pk,
              len(frame), rows, events, run.seconds)
     return RefreshResult(len(frame), rows, events, population.model_kind, run)
+
+
+ANALYZE_AFTER_ROWS = 10_000
+
+
+def _refresh_statistics(rows_written: int) -> None:
+    """After a large write-back, refresh PostgreSQL's statistics of the metrics table at once: until autovacuum
+    gets to it, stale ones make the planner walk the wrong index (customer list sorted by spend: seconds, not ms).
+    """
+    if connection.vendor == "postgresql" and rows_written >= ANALYZE_AFTER_ROWS:
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE lifecycle_customermetrics")
 
 
 def refresh_customers(workspace: Workspace | int, customer_ids, *, now: dt.datetime | None = None) -> RefreshResult:

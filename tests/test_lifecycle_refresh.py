@@ -310,3 +310,28 @@ def test_the_nightly_task_refreshes_every_active_workspace(eager_celery):
         with tenant_scope(shop):
             assert LifecycleRun.objects.count() == 1
     assert stage_of(people[closed.pk]) is None
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_a_large_refresh_leaves_fresh_planner_statistics_so_sorted_lists_stay_fast(workspace, monkeypatch):
+    from django.db import connection
+
+    from lifecycle import runs
+
+    for _ in range(4):
+        OrderFactory(tenant=workspace, customer=CustomerFactory(tenant=workspace))
+
+    def estimated_rows():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'lifecycle_customermetrics'")
+            return cursor.fetchone()[0]
+
+    monkeypatch.setattr(runs, "ANALYZE_AFTER_ROWS", 1_000)
+    refresh_workspace(workspace)
+    assert estimated_rows() < 4  # a small write-back leaves statistics to autovacuum
+    monkeypatch.setattr(runs, "ANALYZE_AFTER_ROWS", 5)
+    for _ in range(5):
+        CustomerFactory(tenant=workspace)
+    refresh_workspace(workspace)  # five new rows written: the threshold
+    assert estimated_rows() == 9
