@@ -320,6 +320,31 @@ def test_a_broken_template_fails_that_message_with_the_reason(smtp_sink, workspa
 
 
 @pytest.mark.django_db
+def test_a_render_that_ran_out_of_time_on_a_busy_machine_is_retried_not_failed(smtp_sink, workspace, settings,
+                                                                               monkeypatch):
+    from campaigns import rendering
+
+    customer = CustomerFactory(tenant=workspace, email="ann@example.org", email_opt_in=True)
+    campaign = live_broadcast(workspace)
+    monkeypatch.setattr(rendering, "MAX_RENDER_SECONDS", 0)  # every render is "too slow", as under heavy load
+    outcome = dispatch_and_send(workspace)
+    with tenant_scope(workspace):
+        message = Message.objects.get(campaign=campaign, customer=customer)
+    assert outcome.retried == 1 and smtp_sink.messages == []
+    assert message.status == "pending" and message.next_attempt_at > timezone.now()
+    assert message.error.startswith("Template: The template is too heavy")
+
+    monkeypatch.setattr(rendering, "MAX_RENDER_SECONDS", 0.25)  # the machine is quiet again
+    token = _enter(workspace)
+    try:
+        later = timezone.now() + dt.timedelta(seconds=settings.RAPPORT_SEND_RETRY_BASE_SECONDS + 1)
+        assert send_batch(now=later).sent == 1
+    finally:
+        _leave(token)
+    assert recipients(smtp_sink) == ["ann@example.org"]
+
+
+@pytest.mark.django_db
 def test_messages_of_a_dead_sender_are_reclaimed_after_the_lease_and_sent_once(smtp_sink, workspace, settings):
     for index in range(5):
         CustomerFactory(tenant=workspace, email=f"c{index}@example.org", email_opt_in=True)
