@@ -200,10 +200,10 @@ def normalize_decimal(raw: str, *, places: int = 2, max_digits: int = 12, allow_
         raise InvalidValue(f"{_quote(raw)} is not a number")
     if value < 0 and not allow_negative:
         raise InvalidValue(f"{_quote(raw)} is negative")
-    value = value.quantize(Decimal(1).scaleb(-places))
+    # Checked before rounding: quantize() fails on numbers beyond the context's precision (1E100).
     if abs(value) >= Decimal(10) ** (max_digits - places):
         raise InvalidValue(f"{_quote(raw)} is too large")
-    return value
+    return value.quantize(Decimal(1).scaleb(-places))
 
 
 def normalize_integer(raw: str, *, minimum: int = 0, maximum: int = 2_000_000_000) -> int:
