@@ -35,14 +35,16 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed assets
 
 # Front-end assets come from the npm registry at install time; nothing third-party is committed.
-static/vendor/.installed: package.json package-lock.json
+static/vendor/.installed: static/package.json static/package-lock.json
 	@command -v npm >/dev/null || { echo "npm is needed to fetch Bootstrap, htmx and Chart.js: install Node.js (apt-get install nodejs npm)."; exit 1; }
-	npm ci --no-audit --no-fund --loglevel=error
+	@# Installed under var/npm, so node_modules stays out of the source tree and of the collected static files.
+	mkdir -p var/npm && cp static/package.json static/package-lock.json var/npm/
+	npm ci --prefix var/npm --no-audit --no-fund --loglevel=error
 	mkdir -p static/vendor/bootstrap static/vendor/htmx static/vendor/chartjs
-	cp node_modules/bootstrap/dist/css/bootstrap.min.css node_modules/bootstrap/dist/css/bootstrap.min.css.map static/vendor/bootstrap/
-	cp node_modules/bootstrap/dist/js/bootstrap.bundle.min.js node_modules/bootstrap/dist/js/bootstrap.bundle.min.js.map static/vendor/bootstrap/
-	cp node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx/
-	cp node_modules/chart.js/dist/chart.umd.min.js static/vendor/chartjs/
+	cp var/npm/node_modules/bootstrap/dist/css/bootstrap.min.css var/npm/node_modules/bootstrap/dist/css/bootstrap.min.css.map static/vendor/bootstrap/
+	cp var/npm/node_modules/bootstrap/dist/js/bootstrap.bundle.min.js var/npm/node_modules/bootstrap/dist/js/bootstrap.bundle.min.js.map static/vendor/bootstrap/
+	cp var/npm/node_modules/htmx.org/dist/htmx.min.js static/vendor/htmx/
+	cp var/npm/node_modules/chart.js/dist/chart.umd.min.js static/vendor/chartjs/
 	touch $@
 
 assets: static/vendor/.installed
