@@ -169,6 +169,58 @@ def celery_worker(transactional_db):
     _reset_broker_pools(app)
 
 
+class BrokerQueues:
+    """What tasks are waiting in the real Redis broker, read back from its queues (no worker consumes them)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def tasks(self, queue: str) -> list[tuple[str, list]]:
+        """Return (task name, positional args) of the messages waiting in ``queue``, oldest first."""
+        import base64
+        import json
+
+        waiting = []
+        for raw in reversed(self.client.lrange(queue, 0, -1)):  # kombu LPUSHes, workers take from the right
+            message = json.loads(raw)
+            args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+            waiting.append((message["headers"]["task"], args))
+        return waiting
+
+
+@pytest.fixture
+def broker_queues():
+    """Point Celery at an emptied Redis (RAPPORT_TEST_REDIS_URL) with no worker, and read what gets queued."""
+    redis_url = os.environ.get("RAPPORT_TEST_REDIS_URL")
+    if not redis_url:
+        _missing("needs Redis: set RAPPORT_TEST_REDIS_URL=redis://…")
+    from crm_site.celery import app
+
+    saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager")}
+    app.conf.update(broker_url=redis_url, task_always_eager=False)
+    _reset_broker_pools(app)
+    client = app.connection_for_write().default_channel.client
+    client.flushdb()
+    yield BrokerQueues(client)
+    client.flushdb()
+    app.conf.update(saved)
+    _reset_broker_pools(app)
+
+
+@pytest.fixture
+def broker_down():
+    """Point Celery at a port where no broker listens, as when Redis is down; publishing fails fast."""
+    from crm_site.celery import app
+
+    saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager", "task_publish_retry")}
+    app.conf.update(broker_url=f"redis://127.0.0.1:{_free_port()}/0", task_always_eager=False,
+                    task_publish_retry=False)
+    _reset_broker_pools(app)
+    yield
+    app.conf.update(saved)
+    _reset_broker_pools(app)
+
+
 def _reset_broker_pools(app):
     """Forget pooled broker connections and producers, so the next task goes to the broker now configured."""
     from kombu import pools

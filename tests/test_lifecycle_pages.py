@@ -465,12 +465,14 @@ def test_viewers_see_no_refresh_button_and_cannot_refresh(member_client, workspa
         assert not BackgroundJob.objects.exists()
 
 
+@pytest.mark.redis
 def test_refresh_queues_one_job_and_the_page_shows_its_progress(marketer_client, workspace,
-                                                                django_capture_on_commit_callbacks, monkeypatch):
+                                                                django_capture_on_commit_callbacks, broker_queues):
     from lifecycle import tasks
 
-    queued = []
-    monkeypatch.setattr(tasks.refresh_workspace_job, "delay", lambda *args: queued.append(args))
+    def queued():
+        return broker_queues.tasks("lifecycle")
+
     url = reverse("lifecycle:refresh", args=[workspace.slug])
     with django_capture_on_commit_callbacks(execute=True):
         partial = marketer_client.post(url, HTTP_HX_REQUEST="true")
@@ -478,12 +480,12 @@ def test_refresh_queues_one_job_and_the_page_shows_its_progress(marketer_client,
     with tenant_scope(workspace):
         job = BackgroundJob.objects.get()
     assert 'data-state="queued"' in partial.content.decode() and f"/jobs/{job.pk}/" in partial.content.decode()
-    assert queued == [(workspace.pk, job.pk)]
+    assert queued() == [(tasks.refresh_workspace_job.name, [workspace.pk, job.pk])]
     # A second click while it runs shows the same job instead of starting another.
     with django_capture_on_commit_callbacks(execute=True):
         response = marketer_client.post(url, follow=True)
     assert "A lifecycle refresh is already under way." in response.content.decode()
-    assert queued == [(workspace.pk, job.pk)]
+    assert queued() == [(tasks.refresh_workspace_job.name, [workspace.pk, job.pk])]
     assert f'id="job-{job.pk}"' in response.content.decode()
 
 

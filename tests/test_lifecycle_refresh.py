@@ -27,6 +27,7 @@ from tests.api_helpers import api, api_key  # noqa: F401 (fixtures)
 from tests.factories import CustomerFactory, OrderFactory, WorkspaceFactory
 
 DAY = dt.timedelta(days=1)
+INCREMENTAL, FULL = tasks.refresh_customers_job.name, tasks.refresh_workspace_job.name
 
 
 def bulk_history(workspace, external_id, *days_ago, total="50.00"):
@@ -175,24 +176,22 @@ def test_an_order_saved_in_a_form_or_admin_refreshes_its_customer(workspace, eag
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_rolled_back_order_queues_nothing(workspace, monkeypatch):
-    queued = []
-    monkeypatch.setattr(tasks.refresh_customers_job, "delay", lambda *args: queued.append(args))
+@pytest.mark.redis
+def test_a_rolled_back_order_queues_nothing(workspace, broker_queues):
     person = bulk_history(workspace, "C-1", 400)
     with pytest.raises(RuntimeError), tenant_scope(workspace):
         OrderFactory(tenant=workspace, customer=person)
         raise RuntimeError("the request failed")
-    assert queued == []
+    assert broker_queues.tasks("lifecycle") == []
     OrderFactory(tenant=workspace, customer=person)
-    assert queued == [(workspace.pk, [person.pk])]
+    assert broker_queues.tasks("lifecycle") == [(INCREMENTAL, [workspace.pk, [person.pk]])]
 
 
 @pytest.mark.postgres
+@pytest.mark.redis
 @pytest.mark.django_db
-def test_an_api_batch_announces_the_customers_whose_orders_changed(api, workspace, monkeypatch,
+def test_an_api_batch_announces_the_customers_whose_orders_changed(api, workspace, broker_queues,
                                                                     django_capture_on_commit_callbacks):
-    queued = []
-    monkeypatch.setattr(tasks.refresh_customers_job, "delay", lambda *args: queued.append(args))
     ann, bob, cay = (bulk_history(workspace, external_id) for external_id in ("C-1", "C-2", "C-3"))
     with tenant_scope(workspace):
         Order.objects.bulk_create([Order(tenant=workspace, customer=cay, external_id="O-3", total=Decimal("5.00"),
@@ -218,7 +217,7 @@ def test_an_api_batch_announces_the_customers_whose_orders_changed(api, workspac
     assert response.status_code == 200
     assert [status["status"] for status in response.json()["results"]] == ["created", "created", "unchanged"]
     assert announced == [(workspace.pk, sorted([ann.pk, bob.pk]))]
-    assert queued == [(workspace.pk, sorted([ann.pk, bob.pk]))]
+    assert broker_queues.tasks("lifecycle") == [(INCREMENTAL, [workspace.pk, sorted([ann.pk, bob.pk])])]
 
 
 @pytest.mark.django_db
@@ -249,25 +248,21 @@ def test_a_queued_refresh_of_a_closed_or_deleted_workspace_does_nothing(workspac
     tasks.refresh_customers_job.apply(args=(workspace.pk + 1000, [person.pk])).get()
 
 
+@pytest.mark.redis
 @pytest.mark.django_db
-def test_many_customers_at_once_queue_one_full_refresh_instead(workspace, monkeypatch):
-    full, incremental = [], []
-    monkeypatch.setattr(tasks.refresh_workspace_job, "delay", lambda *args: full.append(args))
-    monkeypatch.setattr(tasks.refresh_customers_job, "delay", lambda *args: incremental.append(args))
+def test_many_customers_at_once_queue_one_full_refresh_instead(workspace, monkeypatch, broker_queues):
     monkeypatch.setattr(tasks, "INCREMENTAL_BATCH", 2)
     tasks.queue_customer_refresh(workspace.pk, [5, 3, 1, 3, 4])
-    assert incremental == [(workspace.pk, [1, 3]), (workspace.pk, [4, 5])] and full == []
+    assert broker_queues.tasks("lifecycle") == [(INCREMENTAL, [workspace.pk, [1, 3]]),
+                                                (INCREMENTAL, [workspace.pk, [4, 5]])]
+    broker_queues.client.flushdb()
     monkeypatch.setattr(tasks, "FULL_REFRESH_ABOVE", 3)
     tasks.queue_customer_refresh(workspace.pk, [5, 3, 1, 4])
-    assert full == [(workspace.pk,)]
+    assert broker_queues.tasks("lifecycle") == [(FULL, [workspace.pk])]
 
 
 @pytest.mark.django_db
-def test_a_broker_outage_never_fails_the_order_that_queued_the_refresh(workspace, monkeypatch, caplog):
-    def broker_down(*args):
-        raise ConnectionError("Connection refused")
-
-    monkeypatch.setattr(tasks.refresh_customers_job, "delay", broker_down)
+def test_a_broker_outage_never_fails_the_order_that_queued_the_refresh(workspace, broker_down, caplog):
     tasks.queue_customer_refresh(workspace.pk, [7])
     assert "could not queue the refresh of 1 customers of workspace" in caplog.text
 
