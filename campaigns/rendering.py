@@ -79,6 +79,10 @@ class RenderLimitExceeded(SecurityError):
     """A render went over a size, time or loop limit."""
 
 
+class RenderTimedOut(RenderLimitExceeded):
+    """A render went over its time limit: on a busy machine any template can, so a sender retries it."""
+
+
 @dataclass
 class _Budget:
     deadline: float
@@ -91,7 +95,7 @@ _budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("rappor
 def _check_time() -> None:
     budget = _budget.get()
     if budget is not None and time.monotonic() > budget.deadline:
-        raise RenderLimitExceeded(f"the template took longer than {MAX_RENDER_SECONDS:g} s to render")
+        raise RenderTimedOut(f"the template took longer than {MAX_RENDER_SECONDS:g} s to render")
 
 
 def _check_size(value):
@@ -359,7 +363,14 @@ def sample_context(*, empty: bool = False) -> dict:
 
 
 class RenderError(ValueError):
-    """A template failed to render for one customer; ``str()`` says why, for the message's error reason."""
+    """A template failed to render for one customer; ``str()`` says why, for the message's error reason.
+
+    ``timed_out`` is true when only the time limit stopped it (worth a retry, unlike a broken template).
+    """
+
+    def __init__(self, reason: str, *, timed_out: bool = False):
+        super().__init__(reason)
+        self.timed_out = timed_out
 
 
 _compiled_cache: OrderedDict = OrderedDict()
@@ -407,7 +418,7 @@ def render_template(source: str, context: dict, *, html: bool = False) -> str:
     except TemplateRejected as error:
         raise RenderError(str(error)) from None
     except (TemplateError, ArithmeticError, TypeError, ValueError, OverflowError) as error:
-        raise RenderError(_describe(error)) from None
+        raise RenderError(_describe(error), timed_out=isinstance(error, RenderTimedOut)) from None
     return str(Markup(output)) if html else output
 
 

@@ -353,19 +353,6 @@ def _classify_smtp_error(error: Exception) -> tuple[bool, str]:
     return False, f"{error.__class__.__name__}: {error}"[:500]
 
 
-# How campaigns.rendering words its time limit (RenderError carries only the reason).
-_RENDER_TIME_LIMIT = re.compile(r"took longer than [0-9.]+ s to render")
-
-
-def _ran_out_of_time(error: RenderError) -> bool:
-    """Return True when a render failed only on its time limit, which a busy machine can hit with any template.
-
-    Such a message is retried with backoff like a temporary delivery failure (and fails after the last
-    attempt); a template heavy for every customer was already refused when it was saved.
-    """
-    return _RENDER_TIME_LIMIT.search(str(error)) is not None
-
-
 def _hard_bounce(message: Message, reason: str) -> None:
     from campaigns.tracking import record_event
     from customers.consent import suppress
@@ -429,7 +416,7 @@ def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent
             email = compose_email(message, message.step, message.campaign, message.campaign.sender,
                                   contexts[message.pk], workspace)
         except RenderError as error:
-            if _ran_out_of_time(error) and _schedule_retry(message, owner, f"Template: {error}", timezone.now()):
+            if error.timed_out and _schedule_retry(message, owner, f"Template: {error}", timezone.now()):
                 outcome.retried += 1
             else:
                 _mark_failed(message, owner, f"Template: {error}")
@@ -540,7 +527,7 @@ def _deliver_sms(messages, owner, contexts, stop_at, outcome, sent_ids) -> None:
             try:
                 text = compose_sms(message, message.step, contexts[message.pk])
             except RenderError as error:
-                if _ran_out_of_time(error) and _schedule_retry(message, owner, f"Template: {error}", timezone.now()):
+                if error.timed_out and _schedule_retry(message, owner, f"Template: {error}", timezone.now()):
                     outcome.retried += 1
                 else:
                     _mark_failed(message, owner, f"Template: {error}")

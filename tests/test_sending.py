@@ -320,6 +320,17 @@ def test_a_broken_template_fails_that_message_with_the_reason(smtp_sink, workspa
 
 
 @pytest.mark.django_db
+def test_a_template_over_another_limit_fails_at_once_only_the_time_limit_is_retried(smtp_sink, workspace):
+    customer = CustomerFactory(tenant=workspace, email_opt_in=True)
+    campaign = live_broadcast(workspace, body="{% for n in range(999999999) %}x{% endfor %}")
+    outcome = dispatch_and_send(workspace)
+    with tenant_scope(workspace):
+        message = Message.objects.get(campaign=campaign, customer=customer)
+    assert outcome.retried == 0 and message.status == "failed" and message.error.startswith("Template:")
+    assert smtp_sink.messages == []
+
+
+@pytest.mark.django_db
 def test_a_render_that_ran_out_of_time_on_a_busy_machine_is_retried_not_failed(smtp_sink, workspace, settings,
                                                                                monkeypatch):
     from campaigns import rendering
