@@ -52,7 +52,7 @@ from campaigns.personalization import Recipient, build_contexts, template_variab
 from campaigns.rendering import RenderError
 from campaigns.sms import SmsMessage, SmsPermanentError, SmsTemporaryError, get_sms_backend
 from crm_site.models import Workspace
-from crm_site.tenancy import current_tenant_id, tenant_transaction
+from crm_site.tenancy import TENANT_SETTINGS_SQL, current_tenant_id, tenant_settings, tenant_transaction
 from customers.consent import reachable_customers
 from customers.models import Channel, Interaction
 
@@ -186,8 +186,7 @@ def _fast_commit() -> None:
 
 
 _MARK_SENT_SQL = f"""
-    SELECT set_config('app.tenant_id', %s, true), set_config('app.bypass_rls', 'off', true),
-           set_config('synchronous_commit', 'off', true);
+    SELECT {TENANT_SETTINGS_SQL}, set_config('synchronous_commit', 'off', true);
     UPDATE {Message._meta.db_table}
        SET status = 'sent', sent_at = %s, provider_message_id = %s, to_address = %s, error = '',
            lease_owner = '', lease_expires_at = NULL
@@ -214,7 +213,7 @@ def _mark_sent(message: Message, owner: str, provider_id: str, now: dt.datetime)
             )
     tenant_id = current_tenant_id()
     with connection.cursor() as cursor:
-        cursor.execute(_MARK_SENT_SQL, [str(tenant_id), now, *values, tenant_id, message.pk, owner])
+        cursor.execute(_MARK_SENT_SQL, [*tenant_settings(tenant_id), now, *values, tenant_id, message.pk, owner])
         cursor.nextset()
         return cursor.rowcount == 1
 
@@ -238,8 +237,8 @@ class SentMarks:
         if connection.vendor != "postgresql":
             self._count(message, _mark_sent(message, self.owner, provider_id, now))
             return
-        values = [str(current_tenant_id()), now, provider_id[:200], message.to_address[:254], current_tenant_id(),
-                  message.pk, self.owner]
+        values = [*tenant_settings(current_tenant_id()), now, provider_id[:200], message.to_address[:254],
+                  current_tenant_id(), message.pk, self.owner]
         with connection.cursor() as cursor:
             query = cursor.mogrify(_MARK_SENT_SQL, values)  # psycopg quotes the values
         pgconn = connection.connection.pgconn

@@ -49,14 +49,20 @@ def in_platform_scope() -> bool:
     return _current_tenant.get() is ALL_TENANTS
 
 
+# The transaction-local settings the row-level security policies read; parameters from tenant_settings().
+TENANT_SETTINGS_SQL = "set_config('app.tenant_id', %s, true), set_config('app.bypass_rls', %s, true)"
+
+
+def tenant_settings(tenant_id, bypass: bool = False) -> list[str]:
+    """Return the parameters of TENANT_SETTINGS_SQL for a workspace (or none, or every one with ``bypass``)."""
+    return ["" if tenant_id is None else str(tenant_id), "on" if bypass else "off"]
+
+
 def _set_db_tenant(tenant_id, bypass: bool) -> None:
     if not settings.IS_POSTGRES:
         return
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT set_config('app.tenant_id', %s, true), set_config('app.bypass_rls', %s, true)",
-            ["" if tenant_id is None else str(tenant_id), "on" if bypass else "off"],
-        )
+        cursor.execute(f"SELECT {TENANT_SETTINGS_SQL}", tenant_settings(tenant_id, bypass))
 
 
 def _restore(previous) -> None:
