@@ -190,14 +190,15 @@ class BrokerQueues:
 
 @pytest.fixture
 def broker_queues():
-    """Point Celery at an emptied Redis (RAPPORT_TEST_REDIS_URL) with no worker, and read what gets queued."""
+    """Point Celery at an emptied Redis (RAPPORT_TEST_REDIS_URL) with no worker (a test may start one), and read
+    what gets queued."""
     redis_url = os.environ.get("RAPPORT_TEST_REDIS_URL")
     if not redis_url:
         _missing("needs Redis: set RAPPORT_TEST_REDIS_URL=redis://…")
     from crm_site.celery import app
 
-    saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager")}
-    app.conf.update(broker_url=redis_url, task_always_eager=False)
+    saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager", "broker_transport_options")}
+    app.conf.update(broker_url=redis_url, task_always_eager=False, broker_transport_options={"visibility_timeout": 60})
     _reset_broker_pools(app)
     client = app.connection_for_write().default_channel.client
     client.flushdb()

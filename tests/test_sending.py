@@ -379,29 +379,9 @@ def test_messages_of_a_dead_sender_are_reclaimed_after_the_lease_and_sent_once(s
         assert sorted(Message.objects.values_list("attempts", flat=True)) == [1, 1, 2, 2, 2]
 
 
-@pytest.fixture
-def redis_broker(transactional_db):
-    """Celery pointed at Redis (RAPPORT_TEST_REDIS_URL) with no worker yet: the test starts one when it wants."""
-    import os
-
-    from crm_site.celery import app
-    from tests.conftest import _missing, _reset_broker_pools
-
-    redis_url = os.environ.get("RAPPORT_TEST_REDIS_URL")
-    if not redis_url:
-        _missing("needs Redis: set RAPPORT_TEST_REDIS_URL=redis://…")
-    saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager", "broker_transport_options")}
-    app.conf.update(broker_url=redis_url, task_always_eager=False, broker_transport_options={"visibility_timeout": 60})
-    _reset_broker_pools(app)
-    redis = app.connection_for_write().default_channel.client
-    redis.flushdb()
-    yield app, redis
-    app.conf.update(saved)
-    _reset_broker_pools(app)
-
-
 @pytest.mark.redis
-def test_a_sender_queued_by_beat_that_no_worker_started_before_the_next_tick_is_dropped(redis_broker, smtp_sink,
+def test_a_sender_queued_by_beat_that_no_worker_started_before_the_next_tick_is_dropped(transactional_db,
+                                                                                        broker_queues, smtp_sink,
                                                                                         workspace, settings):
     """Beat queues senders every tick; behind busy workers they must not pile up and all start late."""
     import time
@@ -409,8 +389,9 @@ def test_a_sender_queued_by_beat_that_no_worker_started_before_the_next_tick_is_
     from celery.contrib.testing.worker import start_worker
 
     from campaigns.tasks import send_due_everywhere
+    from crm_site.celery import app
 
-    app, redis = redis_broker
+    redis = broker_queues.client
     settings.RAPPORT_SEND_EVERY_SECONDS = 1
     CustomerFactory(tenant=workspace, email="ann@example.org", email_opt_in=True)
     live_broadcast(workspace)
