@@ -20,6 +20,10 @@ class CustomerMetrics(TenantModel):
     """One row per customer, written back in bulk by a lifecycle run (only rows that changed)."""
 
     customer = models.OneToOneField("customers.Customer", on_delete=models.CASCADE, related_name="metrics")
+    first_seen_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="A copy of the customer's first seen, so the customer list filtered by stage sorts by one index.",
+    )
     first_order_at = models.DateTimeField(null=True, blank=True)
     last_order_at = models.DateTimeField(null=True, blank=True)
     order_count = models.IntegerField(default=0)
@@ -63,6 +67,7 @@ class CustomerMetrics(TenantModel):
             models.Index(fields=["tenant", "revenue", "customer"], name="metrics_revenue_order"),
             models.Index(fields=["tenant", "last_order_at", "customer"], name="metrics_last_order_order"),
             models.Index(fields=["tenant", "stage", "last_order_at", "customer"], name="metrics_stage_last_order"),
+            models.Index(fields=["tenant", "stage", "first_seen_at", "customer"], name="metrics_stage_first_seen"),
         ]
 
     def __str__(self):

@@ -37,7 +37,8 @@ ADVISORY_LOCK_CLASS = 7_242  # pg_advisory_xact_lock(class, tenant): one lifecyc
 # so it is refreshed whenever a row is written but is not itself a reason to write; the stage reason and
 # stage_since only change with the stage.
 COMPARED = [
-    ("first_order_at", "timestamptz"), ("last_order_at", "timestamptz"), ("order_count", "integer"),
+    ("first_seen_at", "timestamptz"), ("first_order_at", "timestamptz"), ("last_order_at", "timestamptz"),
+    ("order_count", "integer"),
     ("revenue", "numeric(14,2)"), ("trailing_revenue_12m", "numeric(14,2)"),
     ("average_order_value", "numeric(12,2)"), ("usual_gap_days", "double precision"),
     ("recency_score", "smallint"), ("frequency_score", "smallint"), ("monetary_score", "smallint"),
@@ -221,7 +222,7 @@ def flag_reasons(frame: pd.DataFrame, threshold_share: float | None = None) -> p
 
 
 def _staging_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    staged = pd.concat([frame, flag_reasons(frame)], axis=1)
+    staged = pd.concat([frame.rename(columns={"signed_up_at": "first_seen_at"}), flag_reasons(frame)], axis=1)
     staged = staged[[name for name, _ in STAGED]].copy()
     staged["due_rewards"] = _per_distinct_list(staged["due_rewards"], json.dumps)
     staged["days_since_last_order"] = staged["days_since_last_order"].astype("Int64")
@@ -231,7 +232,7 @@ def _staging_frame(frame: pd.DataFrame) -> pd.DataFrame:
         # Timestamps as Django's own text on SQLite, so an unchanged one compares equal (PostgreSQL parses
         # the ISO text pandas writes into timestamptz and compares instants).
         adapt = connection.ops.adapt_datetimefield_value
-        for column in ("first_order_at", "last_order_at"):
+        for column in ("first_seen_at", "first_order_at", "last_order_at"):
             staged[column] = staged[column].map(
                 lambda value: None if pd.isna(value) else str(adapt(value.to_pydatetime())))
     for column in ("is_heavy_user", "is_reward_due", "is_reinforce_due"):

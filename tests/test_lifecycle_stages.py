@@ -440,3 +440,20 @@ def test_a_day_is_a_calendar_day_in_the_customer_zone_across_daylight_saving_tim
     buy(autumn, at=dt.datetime(2025, 10, 25, 22, 30, tzinfo=dt.UTC))  # 00:30 CEST on the 26th
     refresh(workspace, now=dt.datetime(2025, 10, 26, 22, 30, tzinfo=dt.UTC))  # 23:30 CET on the 26th
     assert metrics_of(autumn).days_since_last_order == 0
+
+
+# --- The metrics row's copy of first seen (the customer list sorts stage filters by it) ---------------
+
+def test_the_metrics_row_keeps_a_current_copy_of_first_seen(workspace):
+    person = history(workspace, 40, 10)
+    refresh(workspace)
+    assert metrics_of(person).first_seen_at == person.first_seen_at
+
+    assert refresh(workspace).rows_written == 0  # nothing changed: nothing written
+
+    earlier = person.first_seen_at - 30 * DAY
+    with tenant_scope(workspace):
+        type(person).objects.filter(pk=person.pk).update(first_seen_at=earlier)
+    result = refresh(workspace)
+    assert result.rows_written == 1
+    assert metrics_of(person).first_seen_at == earlier
