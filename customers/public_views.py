@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import zoneinfo
 
 from django import forms
 from django.contrib import messages
@@ -28,7 +29,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from crm_site.accounts import client_address
 from crm_site.models import Workspace
-from crm_site.tenancy import tenant_scope
+from crm_site.tenancy import tenant_scope, workspace_time_zone
 from customers import consent, gdpr, public_links
 from customers.models import Channel, ConsentEvent, Customer
 from customers.normalize import InvalidValue, normalize_email
@@ -202,12 +203,28 @@ def _channels(customer: Customer) -> list[dict]:
     return rows
 
 
+def customer_time_zone(customer: Customer, workspace: Workspace) -> zoneinfo.ZoneInfo:
+    """Return the customer's own time zone, else the workspace's (an empty or unknown name never fails a page)."""
+    try:
+        return zoneinfo.ZoneInfo(customer.time_zone) if customer.time_zone else workspace_time_zone(workspace)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return workspace_time_zone(workspace)
+
+
 @public_page
 def preferences(request, workspace, token):
-    """Show and change consent per channel, pause, and request a copy of one's data."""
+    """Show and change consent per channel, pause, and request a copy of one's data.
+
+    Dates on the page and in its messages ("paused until") are the customer's own calendar days.
+    """
     customer = _customer(workspace, public_links.read_token("preferences", token, workspace.pk))
     if customer.erased_at is not None:
         return render(request, "public/erased.html", {"public_workspace": workspace})
+    with timezone.override(customer_time_zone(customer, workspace)):
+        return _preferences(request, workspace, customer)
+
+
+def _preferences(request, workspace, customer: Customer):
     channels = _channels(customer)
     if request.method == "POST" and request.POST.get("action") == "export":
         return _send_export_link(request, workspace, customer)
@@ -248,7 +265,7 @@ def _apply_preferences(request, customer: Customer, channels: list[dict], choice
     if weeks:
         until = timezone.now() + dt.timedelta(weeks=weeks)
         consent.pause_messages(customer, until)
-        messages.success(request, f"Messages are paused until {until:%d %B %Y}.")
+        messages.success(request, f"Messages are paused until {timezone.localtime(until):%-d %B %Y}.")
     elif request.POST.get("resume") and consent.resume_messages(customer):
         messages.success(request, "Messages are no longer paused.")
 

@@ -1,10 +1,13 @@
 """Public pages: double opt-in through a real SMTP server, RFC 8058 one-click unsubscribe, preference centre."""
 
+import datetime as dt
 import re
+import zoneinfo
 from urllib.parse import urlsplit
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from crm_site.tenancy import tenant_scope
 from customers import consent, public_links
@@ -232,3 +235,26 @@ def test_data_export_request_mails_a_download_link(client, workspace, subscriber
     # A second request right away does not mail again.
     client.post(path, {"action": "export"})
     assert len(smtp_sink.wait_for(2, timeout=0.5)) == 1
+
+
+def _zone_on_another_day_than_utc(now):
+    """A zone whose calendar day differs from UTC's at ``now`` (UTC+14 from 10:00 UTC, else UTC-11)."""
+    for name in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):
+        if now.astimezone(zoneinfo.ZoneInfo(name)).date() != now.date():
+            return zoneinfo.ZoneInfo(name)
+    raise AssertionError("one of the two zones is always on another day")
+
+
+def test_the_pause_end_is_shown_on_the_customer_s_own_calendar_day(client, workspace, subscriber):
+    weeks = dt.timedelta(weeks=4)
+    zone = _zone_on_another_day_than_utc(timezone.now() + weeks)
+    with tenant_scope(workspace):
+        Customer.objects.filter(pk=subscriber.pk).update(time_zone=zone.key)
+    path = _path(public_links.preference_url(subscriber))
+    response = client.post(path, {"email": "on", "pause_weeks": "4"}, follow=True)
+    with tenant_scope(workspace):
+        until = MessagingPause.objects.get().paused_until
+    local_day = until.astimezone(zone)
+    page = response.content.decode()
+    assert f"Messages are paused until {local_day.day} {local_day:%B %Y}." in page  # the message and the banner
+    assert page.count(f"paused until {local_day.day} {local_day:%B %Y}") == 2
