@@ -1,21 +1,20 @@
 """What happened after sending: signed click redirects and open pixels, and recording events on the timeline.
 
 Links in a message point to ``/t/c/<token>/`` and the pixel to ``/t/o/<token>.gif``. The token is signed
-with the site's secret (``django.core.signing``), carries the workspace, the message and (for clicks)
-the destination, so the public endpoints need no login and cannot be turned into an open redirect:
-only a URL we signed is ever redirected to.
+with the site's secret (``django.core.signing``'s format, made by campaigns.signed_links), carries the
+workspace, the message and (for clicks) the destination, so the public endpoints need no login and cannot
+be turned into an open redirect: only a URL we signed is ever redirected to.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from django.conf import settings
 from django.core import signing
-from django.urls import reverse
 from django.utils import timezone
 
 from campaigns.models import Message, MessageEvent
+from campaigns.signed_links import absolute_url, signed_token
 from customers.models import Interaction
 
 CLICK_SALT = "rapport.campaigns.click"
@@ -35,21 +34,14 @@ class BadToken(ValueError):
     """A tracking token that is malformed, tampered with, or not ours."""
 
 
-def absolute(path: str) -> str:
-    """Return the absolute URL of a site path (e-mails have no request to read the host from)."""
-    return f"{settings.SITE_URL}{path}"
-
-
 def click_url(message: Message, url: str) -> str:
     """Return the signed tracking redirect for a link in a message."""
-    token = signing.dumps([message.tenant_id, message.pk, url], salt=CLICK_SALT, compress=True)
-    return absolute(reverse("campaigns_public:click", args=[token]))
+    return absolute_url("campaigns_public:click", signed_token([message.tenant_id, message.pk, url], CLICK_SALT))
 
 
 def open_pixel_url(message: Message) -> str:
     """Return the signed URL of the message's open-tracking pixel."""
-    token = signing.dumps([message.tenant_id, message.pk], salt=OPEN_SALT, compress=True)
-    return absolute(reverse("campaigns_public:open", args=[token]))
+    return absolute_url("campaigns_public:open", signed_token([message.tenant_id, message.pk], OPEN_SALT))
 
 
 def read_click_token(token: str) -> tuple[int, int, str]:

@@ -86,6 +86,52 @@ def test_tampered_tracking_tokens_are_404_not_redirects(sent_mail, client):
     assert client.get("/t/o/garbage.gif").status_code == 404
 
 
+@pytest.mark.django_db
+def test_the_mails_own_links_open_the_customers_public_pages_and_only_in_her_workspace(sent_mail, client, workspace,
+                                                                                      other_workspace):
+    from customers import public_links
+
+    ann, _, mail = sent_mail
+    text = mail.get_body(("plain",)).get_content()
+    unsubscribe = re.search(r"Unsubscribe: (\S+)", text).group(1)
+    preferences = re.search(r"Your preferences: (\S+)", text).group(1)
+    token = unsubscribe.rstrip("/").rsplit("/", 1)[-1]
+    assert public_links.read_token("unsubscribe", token, workspace.pk) == {"w": workspace.pk, "c": ann.pk, "ch": "email"}
+    assert client.get(_path(preferences)).status_code == 200
+    for refused in (_path(unsubscribe).replace("/p/acme/", "/p/globex/"),  # another workspace's page
+                    _path(unsubscribe).replace(token, token[:-3] + "abc"),  # a forged signature
+                    _path(preferences).replace("/preferences/", "/unsubscribe/")):  # another purpose
+        assert client.post(refused, {"List-Unsubscribe": "One-Click"}).status_code == 404, refused
+    assert ann.email_opt_in is True
+    response = client.post(_path(unsubscribe), {"List-Unsubscribe": "One-Click"})
+    with tenant_scope(workspace):
+        ann.refresh_from_db()
+    assert response.status_code == 200 and ann.email_opt_in is False
+
+
+@pytest.mark.parametrize("value", [[1, 2], [7, 12345, "https://shop.example/spring?x=1"], {"w": 3, "c": 4, "ch": "sms"},
+                                   [1, 2, "https://shop.example/" + "a/" * 80]])
+def test_signed_links_are_djangos_signing_tokens_bound_to_their_purpose(value, settings):
+    """The sender's cheap tokens are exactly django.core.signing's, so every view reads them as before."""
+    from django.core import signing
+    from django.urls import reverse
+
+    from campaigns.signed_links import absolute_url, signed_token
+
+    for _attempt in range(3):  # the token carries the second it was made in
+        before, token, after = (signing.dumps(value, salt="rapport.test", compress=True),
+                                signed_token(value, "rapport.test"), signing.dumps(value, salt="rapport.test", compress=True))
+        if before == after:
+            break
+    assert token == before and signing.loads(token, salt="rapport.test") == value
+    with pytest.raises(signing.BadSignature):
+        signing.loads(token, salt="rapport.other")
+    assert absolute_url("campaigns_public:click", token) == settings.SITE_URL + reverse("campaigns_public:click",
+                                                                                        args=[token])
+    assert absolute_url("public:unsubscribe", token, public_slug="acme") == settings.SITE_URL + reverse(
+        "public:unsubscribe", kwargs={"public_slug": "acme", "token": token})
+
+
 # --- ESP webhooks through django-anymail (Postmark's format, basic auth) -------------------------------
 
 
