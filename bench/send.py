@@ -242,8 +242,6 @@ def _profiler(profile_path: str | None):
 
 def rendered_messages(workspace) -> list[tuple[str, list[str], bytes]]:
     """Compose the sent outbox rows again, exactly as the sender did; return (from, to, bytes) for smtplib."""
-    from email.policy import SMTP
-
     from campaigns.composing import Workspace as ComposeWorkspace
     from campaigns.composing import compose_email
     from campaigns.models import Message
@@ -260,8 +258,8 @@ def rendered_messages(workspace) -> list[tuple[str, list[str], bytes]]:
         for message in messages:
             email = compose_email(message, message.step, message.campaign, message.campaign.sender,
                                   contexts[message.pk], compose_workspace)
-            # As Django's SMTP backend serialises it (policy SMTP: CRLF line ends).
-            rendered.append((email.from_email, email.recipients(), email.message(policy=SMTP).as_bytes()))
+            # The bytes the sender hands to smtplib (as Django's SMTP backend would: CRLF line ends).
+            rendered.append((email.from_email, email.recipients(), email.smtp_bytes()))
     return rendered
 
 

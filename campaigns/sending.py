@@ -33,8 +33,8 @@ import smtplib
 import socket
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
-from email import policy as email_policy
 
 from django.conf import settings
 from django.core.mail import get_connection
@@ -45,7 +45,7 @@ from django.db.models.functions import Concat, JSONObject
 from django.utils import timezone
 
 from campaigns.composing import Workspace as ComposeWorkspace
-from campaigns.composing import compose_email, compose_sms
+from campaigns.composing import OutboxEmail, compose_email, compose_sms
 from campaigns.models import Campaign, Message, MessageEvent
 from campaigns.outbox import defer_for_quiet_hours, insert_from_select
 from campaigns.personalization import Recipient, build_contexts, template_variables
@@ -399,50 +399,102 @@ def send_batch(*, owner: str | None = None, limit: int | None = None, now: dt.da
     return outcome
 
 
-def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent_ids) -> None:
-    # Compose the whole batch first, then talk SMTP in a tight loop: a process that does little between its
-    # network waits is woken sooner on a busy machine (measured: the same SMTP exchange took about four times
-    # as long when interleaved with rendering).
-    composed = []
-    for message in messages:
+class _Composer:
+    """Composes a batch's e-mails in order: when the sender needs one, or ahead while the mail server answers.
+
+    Composing is computation only (no database, no network), so it can run inside smtplib's wait for each
+    reply (``_ComposingReader``): the server works on the command meanwhile, on the other core, and its answer
+    is there when the composing is done. Four replies per message and one e-mail composed in each wait keep
+    the composer well ahead; only the first e-mail of a batch (or of a non-SMTP backend's) waits for it.
+    """
+
+    def __init__(self, messages: list[Message], contexts: dict, workspace: ComposeWorkspace):
+        self.queue = deque(messages)
+        self.contexts, self.workspace = contexts, workspace
+        self.composed: dict[int, object] = {}
+
+    def compose_next(self) -> None:
+        """Compose the next e-mail of the batch, if any is left."""
+        if self.queue:
+            message = self.queue.popleft()
+            self.composed[message.pk] = self._compose(message)
+
+    def take(self, message: Message) -> OutboxEmail | RenderError | None:
+        """Return the message's e-mail, the RenderError of its template, or None when it has no address."""
+        while message.pk not in self.composed:
+            self.compose_next()
+        result = self.composed.pop(message.pk)
+        if isinstance(result, Exception) and not isinstance(result, RenderError):
+            raise result  # a fault, raised where composing happened before (out of the batch)
+        return result
+
+    def _compose(self, message: Message):
         message.to_address = message.customer.email
         if not message.to_address:
-            _mark_failed(message, owner, "No e-mail address", status=Message.Status.SUPPRESSED,
-                         skip_reason=Message.SkipReason.NO_ADDRESS)
-            outcome.suppressed += 1
-            continue
+            return None
         try:
             email = compose_email(message, message.step, message.campaign, message.campaign.sender,
-                                  contexts[message.pk], workspace)
-        except RenderError as error:
-            if error.timed_out and _schedule_retry(message, owner, f"Template: {error}", timezone.now()):
-                outcome.retried += 1
-            else:
-                _mark_failed(message, owner, f"Template: {error}")
-                outcome.failed += 1
-            continue
-        email.prepare()
-        composed.append((message, email))
-    to_send = [message for message, _ in composed]
+                                  self.contexts[message.pk], self.workspace)
+            email.smtp_bytes()
+        except Exception as error:  # noqa: BLE001 - kept for take(): nothing may escape into smtplib's read
+            return error
+        return email
+
+
+class _ComposingReader:
+    """Stands in for smtplib's reader of server replies: before a reply is read (the server is busy with the
+    command just sent) it composes the next e-mail of the batch, so composing overlaps the server's work.
+
+    A second thread for this was measured slower (composing holds the GIL; see docs/benchmarks.md); this does
+    the same work in the same thread, at the moments it would otherwise sleep in ``recv``.
+    """
+
+    def __init__(self, reader, composer: _Composer):
+        self.reader, self.composer = reader, composer
+
+    def readline(self, size: int = -1) -> bytes:
+        self.composer.compose_next()
+        return self.reader.readline(size)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _open_connection(composer: _Composer):
+    """Open a mail connection; through Django's SMTP backend, the composer works while replies are awaited."""
+    mail_connection = get_connection(fail_silently=False)
+    mail_connection.open()
+    smtp = getattr(mail_connection, "connection", None)
+    if type(mail_connection) is SmtpBackend and smtp is not None and smtp.file is not None:
+        smtp.file = _ComposingReader(smtp.file, composer)
+    return mail_connection
+
+
+def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent_ids) -> None:
+    composer = _Composer(messages, contexts, workspace)
     mail_connection = None
     consent = ConsentWatch(owner)
     marks = SentMarks(owner, outcome, sent_ids)
     envelope_senders: dict[str, str] = {}
     try:
-        for index, (message, email) in enumerate(composed):
+        for index, message in enumerate(messages):
             if time.monotonic() > stop_at:
                 marks.collect()
-                outcome.released += release([m.pk for m in to_send[index:]], owner)
+                outcome.released += release([m.pk for m in messages[index:]], owner)
                 return
             if consent.is_due():
                 marks.collect()
-            if consent.withdrew(message, to_send[index:]):
+            if consent.withdrew(message, messages[index:]):
                 outcome.suppressed += 1
+                continue
+            email = composer.take(message)
+            if not isinstance(email, OutboxEmail):
+                marks.collect()
+                _record_unsendable(message, owner, email, outcome)
                 continue
             try:
                 if mail_connection is None:
-                    mail_connection = get_connection(fail_silently=False)
-                    mail_connection.open()
+                    mail_connection = _open_connection(composer)
                 _hand_over(mail_connection, email, envelope_senders)
             except Exception as error:  # noqa: BLE001 - every delivery failure is classified and recorded
                 marks.collect()
@@ -474,6 +526,20 @@ def _deliver_emails(messages, owner, contexts, workspace, stop_at, outcome, sent
             _close_quietly(mail_connection)
 
 
+def _record_unsendable(message: Message, owner: str, failure: RenderError | None, outcome: SendOutcome) -> None:
+    """Record a message that cannot be sent: no e-mail address (suppressed), or its template failed for this
+    customer (retried when only the time limit stopped it, failed otherwise)."""
+    if failure is None:
+        _mark_failed(message, owner, "No e-mail address", status=Message.Status.SUPPRESSED,
+                     skip_reason=Message.SkipReason.NO_ADDRESS)
+        outcome.suppressed += 1
+    elif failure.timed_out and _schedule_retry(message, owner, f"Template: {failure}", timezone.now()):
+        outcome.retried += 1
+    else:
+        _mark_failed(message, owner, f"Template: {failure}")
+        outcome.failed += 1
+
+
 # A bare ASCII dot-atom address: Django's SMTP backend would pass it to the server as it is.
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
                             r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\Z")
@@ -494,8 +560,7 @@ def _hand_over(mail_connection, email, envelope_senders: dict[str, str]) -> None
         envelope_senders[email.from_email] = mail_connection.prep_address(email.from_email)
     recipients = [address if _PLAIN_ADDRESS.match(address) else mail_connection.prep_address(address)
                   for address in email.recipients()]
-    mail_connection.connection.sendmail(envelope_senders[email.from_email], recipients,
-                                        email.message(policy=email_policy.SMTP).as_bytes())
+    mail_connection.connection.sendmail(envelope_senders[email.from_email], recipients, email.smtp_bytes())
 
 
 def _close_quietly(mail_connection) -> None:
@@ -526,11 +591,7 @@ def _deliver_sms(messages, owner, contexts, stop_at, outcome, sent_ids) -> None:
             try:
                 text = compose_sms(message, message.step, contexts[message.pk])
             except RenderError as error:
-                if error.timed_out and _schedule_retry(message, owner, f"Template: {error}", timezone.now()):
-                    outcome.retried += 1
-                else:
-                    _mark_failed(message, owner, f"Template: {error}")
-                    outcome.failed += 1
+                _record_unsendable(message, owner, error, outcome)
                 continue
             sender = message.campaign.sender.sms_from if message.campaign.sender else ""
             try:

@@ -320,6 +320,30 @@ def test_a_broken_template_fails_that_message_with_the_reason(smtp_sink, workspa
 
 
 @pytest.mark.django_db
+def test_in_one_batch_only_the_customers_whose_template_fails_go_without_the_mail(smtp_sink, workspace):
+    # The sender composes ahead while the server answers; a failure must still stay with its own customer.
+    buyers, others = [], []
+    for index in range(8):
+        customer = CustomerFactory(tenant=workspace, email=f"c{index}@example.org", email_opt_in=True)
+        if index % 2:
+            line = OrderLineFactory(tenant=workspace, order=OrderFactory(tenant=workspace, customer=customer),
+                                    sku=f"BEANS-{index}")
+            buyers.append((customer, line.sku))
+        else:
+            others.append(customer)
+    campaign = live_broadcast(workspace, subject="For {{ first_name }}", body="You bought {{ last_purchase.product }}")
+    outcome = dispatch_and_send(workspace)
+    assert (outcome.sent, outcome.failed) == (4, 4)
+    received = {m["message"]["To"]: m["message"].get_body(("plain",)).get_content() for m in smtp_sink.messages}
+    assert sorted(received) == sorted(customer.email for customer, _ in buyers)
+    for customer, sku in buyers:
+        assert f"You bought {sku}" in received[customer.email]
+    with tenant_scope(workspace):
+        failed = Message.objects.filter(campaign=campaign, status="failed", error__startswith="Template:")
+        assert sorted(failed.values_list("customer_id", flat=True)) == sorted(c.pk for c in others)
+
+
+@pytest.mark.django_db
 def test_a_template_over_another_limit_fails_at_once_only_the_time_limit_is_retried(smtp_sink, workspace):
     customer = CustomerFactory(tenant=workspace, email_opt_in=True)
     campaign = live_broadcast(workspace, body="{% for n in range(999999999) %}x{% endfor %}")
@@ -557,7 +581,7 @@ def test_http_sms_provider_errors_are_retried_or_failed(sms_provider, workspace)
 
 
 def test_an_outbox_mail_reads_like_djangos_own_mime_form(settings):
-    """OutboxEmail writes its MIME form itself (fast); a mail client must see exactly what Django's would give."""
+    """OutboxEmail writes its SMTP form itself (fast); a mail client must see exactly what Django's would give."""
     from email import message_from_bytes, policy
 
     from django.core.mail import EmailMultiAlternatives
@@ -576,7 +600,7 @@ def test_an_outbox_mail_reads_like_djangos_own_mime_form(settings):
     for mail in (djangos, ours):
         mail.attach_alternative(f'<p>Grüße, <a href="{long_link}">Zoë</a></p>', "text/html")
     expected = message_from_bytes(djangos.message(policy=policy.SMTP).as_bytes(), policy=policy.default)
-    raw = ours.message(policy=policy.SMTP).as_bytes()
+    raw = ours.smtp_bytes()
     received = message_from_bytes(raw, policy=policy.default)
 
     for header in ("Subject", "From", "To", "Reply-To", "Message-ID", "List-Unsubscribe", "List-Unsubscribe-Post"):
@@ -597,3 +621,25 @@ def test_a_line_break_in_a_subject_cannot_add_a_header():
     received = message_from_bytes(mail.message(policy=policy.SMTP).as_bytes(), policy=policy.default)
     assert received["Bcc"] is None and received["Subject"] == "Hello Bcc: victim@example.org"
     assert received["Message-ID"] and received["Date"]  # given by the form when the composer set none
+
+
+@pytest.mark.parametrize("subject, body, from_email", [
+    ("Hi", "Hi", "news@example.org"),
+    ("Grüße, Zoë, this subject is long enough that it has to be folded over two lines or more", "Zoë\r\nline\rx\n\n"
+     ". dot\ntrailing \n" + "y" * 200, "Bénchmark Coffee <news@example.org>"),
+    ("A long plain ASCII subject " * 5, "body\n", "Café Müller <news@café.example>"),
+])
+def test_the_smtp_form_of_an_outbox_mail_is_what_the_stdlib_writes_for_the_same_mail(subject, body, from_email):
+    """smtp_bytes() writes the mail directly; the compat32 objects of message() must come out as the same bytes
+    (so the console, file and memory backends show exactly what an SMTP server gets)."""
+    from email import policy
+
+    from campaigns.composing import OutboxEmail
+
+    link = "https://rapport.example/p/acme/unsubscribe/" + "eJyrVkrOz0vPTEnMU7JSUEpJLUosyczPU9JRUEoq" * 4 + "/"
+    mail = OutboxEmail(subject=subject, body=body, from_email=from_email, to=["ann@example.org"],
+                       reply_to=["hi@example.org"],
+                       headers={"Message-ID": "<rapport.1.2@rapport.example>", "List-Unsubscribe": f"<{link}>",
+                                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click", "X-Rapport-Message": "1.2"})
+    mail.attach_alternative("<p>Grüße, Zoë</p>", "text/html")
+    assert mail.smtp_bytes() == mail.message(policy=policy.SMTP).as_bytes()
