@@ -370,13 +370,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", default="bench")
     parser.add_argument("--requests", type=int, default=30, help=f"Timed requests per URL (at most {MAX_REQUESTS}).")
     parser.add_argument("--deep-pages", type=int, default=20, help="How far the deep-page URLs follow 'next'.")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="Measure only the URLs whose label contains TEXT (repeatable; skips the deep pages).")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crm_site.settings")
     import django
 
     django.setup()
-    timings = benchmark_pages(workspace_slug=args.workspace, requests=args.requests, deep_pages=args.deep_pages)
+    urls = None
+    if args.only:
+        from crm_site.models import Workspace
+
+        urls = [(label, params) for label, params in list_urls(Workspace.objects.get(slug=args.workspace))
+                if any(text in label for text in args.only)]
+    timings = benchmark_pages(workspace_slug=args.workspace, requests=args.requests,
+                              deep_pages=0 if args.only else args.deep_pages, urls=urls)
     return 0 if all(timing.page_p95 <= SLOW_MS for timing in timings) else 1
 
 

@@ -5,6 +5,8 @@ panel in the customer list registry (``customers.listing``) when the app is read
 from the denormalised, indexed metrics row, never from aggregating orders per request.
 """
 
+import math
+
 from django.db.models import F
 
 from crm_site.tenancy import current_tenant_id
@@ -18,6 +20,25 @@ _STAGE_LABELS = dict(Stage.choices)
 def with_metrics_in_scope(queryset):
     """Return ``queryset`` joined to metrics rows of the workspace in scope (so their tenant-led indexes apply)."""
     return queryset.filter(metrics__tenant_id=current_tenant_id())
+
+
+
+def _metrics_in_scope():
+    return CustomerMetrics.objects.filter(tenant_id=current_tenant_id())
+
+
+# The customers a lifecycle filter shows all have a metrics row (customers never refreshed match none), and the
+# row keeps a copy of the customer's first seen: sorted by first seen, the page walks a metrics index instead of
+# every customer by first seen probing each one's metrics. With a stage, (tenant, stage, first_seen_at,
+# customer) holds exactly the matches in order. A spend or last-order range walks (tenant, first_seen_at,
+# customer) and skips the rows out of range, at most a window's worth of them: the newest customers are often
+# all out of range (a last order 1-2 years ago), and then the matches, found by their range's own index, are
+# sorted. The "First seen" column shows the customer's own value; a copy the write-back has not caught up with
+# yet can only misplace a row, and an empty one (a row not refreshed since the copy exists) puts it last.
+_FIRST_SEEN_KEY = ("metrics__first_seen_at", "metrics__customer_id")
+BY_STAGE_SORTS = (listing.ListSort("first_seen", "First seen", _FIRST_SEEN_KEY, descending=True, nullable=True),)
+BY_RANGE_SORTS = (listing.ListSort("first_seen", "First seen", _FIRST_SEEN_KEY, descending=True, nullable=True,
+                                   window=listing.WalkWindow(_metrics_in_scope, ("first_seen_at", "customer_id"))),)
 
 
 def _filter_stage(queryset, stage):
@@ -38,6 +59,12 @@ def metrics_range(field: str, *, dates: bool = False):
         return queryset
 
     return apply
+
+
+def _spend_range(queryset, low, high):
+    # In cents, so the range is one of the (tenant, revenue_cents, customer) index (see CustomerMetrics).
+    return metrics_range("revenue_cents")(queryset, None if low is None else math.ceil(low * 100),
+                                          None if high is None else math.floor(high * 100))
 
 
 def _annotate_metrics(queryset):
@@ -70,10 +97,11 @@ def customer_panel_context(customer) -> dict:
 
 def register() -> None:
     """Register lifecycle's filters, sorts, columns and panel in the customer list registry (idempotent)."""
-    listing.register_choice_filter("stage", "Stage", Stage.choices, _filter_stage, order=10)
-    listing.register_range_filter("spend", "Total spend", "number", metrics_range("revenue"), order=30)
+    listing.register_choice_filter("stage", "Stage", Stage.choices, _filter_stage, order=10, sorts=BY_STAGE_SORTS)
+    listing.register_range_filter("spend", "Total spend", "number", _spend_range, order=30,
+                                  sorts=BY_RANGE_SORTS)
     listing.register_range_filter("last_order", "Last order", "date", metrics_range("last_order_at", dates=True),
-                                  order=40)
+                                  order=40, sorts=BY_RANGE_SORTS)
     # The metrics row's own customer id breaks ties, so one index on (tenant, revenue, customer) can walk it.
     listing.register_sort(listing.ListSort("spend", "Total spend", ("metrics__revenue", "metrics__customer_id"),
                                            descending=True, nullable=True, scope=with_metrics_in_scope, order=30))

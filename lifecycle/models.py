@@ -3,6 +3,8 @@
 from decimal import Decimal
 
 from django.db import models
+from django.db.models import F
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from crm_site.tenancy import TenantModel
@@ -28,6 +30,12 @@ class CustomerMetrics(TenantModel):
     last_order_at = models.DateTimeField(null=True, blank=True)
     order_count = models.IntegerField(default=0)
     revenue = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0"))
+    # Row-level security lets only leakproof operators into an index condition; numeric comparisons are not
+    # leakproof, bigint ones are: the customer list's spend range is a range of this column's index.
+    revenue_cents = models.GeneratedField(
+        expression=Cast(F("revenue") * 100, models.BigIntegerField()), output_field=models.BigIntegerField(),
+        db_persist=True, help_text="The revenue in cents (exact), for index range scans of a spend range.",
+    )
     trailing_revenue_12m = models.DecimalField(max_digits=14, decimal_places=2, default=Decimal("0"))
     average_order_value = models.DecimalField(max_digits=12, decimal_places=2, default=Decimal("0"))
     usual_gap_days = models.FloatField(null=True, blank=True, help_text="The customer's own typical days between orders.")
@@ -68,6 +76,8 @@ class CustomerMetrics(TenantModel):
             models.Index(fields=["tenant", "last_order_at", "customer"], name="metrics_last_order_order"),
             models.Index(fields=["tenant", "stage", "last_order_at", "customer"], name="metrics_stage_last_order"),
             models.Index(fields=["tenant", "stage", "first_seen_at", "customer"], name="metrics_stage_first_seen"),
+            models.Index(fields=["tenant", "revenue_cents", "customer"], name="metrics_revenue_cents"),
+            models.Index(fields=["tenant", "first_seen_at", "customer"], name="metrics_first_seen_order"),
         ]
 
     def __str__(self):

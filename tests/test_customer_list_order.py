@@ -34,7 +34,8 @@ FILTERS = {
 
 @pytest.fixture
 def population(workspace):
-    """60 customers with many ties (first seen, names, spend, last order); 50 with metrics, 10 without."""
+    """60 customers with many ties (first seen, names, spend, last order); 50 with metrics (with the copy of first
+    seen a lifecycle refresh writes), 10 without."""
     with tenant_scope(workspace):
         customers = Customer.objects.bulk_create([
             Customer(tenant=workspace, first_name=f"F{n:02d}", last_name=["smith", "jones", "brown"][n % 3],
@@ -42,7 +43,8 @@ def population(workspace):
             for n in range(60)
         ])
         metrics = CustomerMetrics.objects.bulk_create([
-            CustomerMetrics(tenant=workspace, customer=customer, stage=STAGES[n % 5 if n % 3 else 1],
+            CustomerMetrics(tenant=workspace, customer=customer, first_seen_at=customer.first_seen_at,
+                            stage=STAGES[n % 5 if n % 3 else 1],
                             revenue=Decimal(n % 6 * 10),
                             last_order_at=None if n % 8 == 0 else NOW - dt.timedelta(days=n % 11, hours=6))
             for n, customer in enumerate(customers[:50])
@@ -69,28 +71,42 @@ def expected_order(population, matches, sort):
     return [str(customer) for customer, _ in ordered]
 
 
+@pytest.mark.parametrize("window", [listing.WALK_WINDOW, 5], ids=["whole walk", "walk window of 5 rows"])
 @pytest.mark.parametrize("cap", [listing.EXACT_COUNT_CAP, 3], ids=["exact count", "count past the cap"])
 @pytest.mark.parametrize("sort", SORTS)
 @pytest.mark.parametrize("filter_name", list(FILTERS))
 def test_filtered_list_pages_match_a_plain_evaluation_in_every_sort(
-    marketer_client, population, monkeypatch, django_assert_max_num_queries, filter_name, sort, cap
+    marketer_client, population, monkeypatch, django_assert_max_num_queries, filter_name, sort, cap, window
 ):
     params, matches = FILTERS[filter_name]
     monkeypatch.setattr(listing, "PAGE_SIZE", 4)
     monkeypatch.setattr(listing, "EXACT_COUNT_CAP", cap)
+    # A small window makes the walks by first seen of the spend and last-order filters stop short and sort the
+    # rest of the matches, as a rare match among the newest of a million customers does.
+    monkeypatch.setattr(listing, "WALK_WINDOW", window)
     expected = expected_order(population, matches, sort)
     assert len(expected) >= 5, "the filter should span more than one page"
 
     marketer_client.get(list_url())  # warm the session
-    shown, url = [], list_url(sort=sort, **params)
-    while url is not None:
-        # The request's own queries, the count (and estimate) and at most two page queries: never one per row.
-        with django_assert_max_num_queries(16):
-            response = marketer_client.get(url)
-        page = names_in(response)
-        assert len(page) <= 4
-        shown.extend(page)
-        next_href = link(response, "next")
-        url = list_url() + next_href if next_href else None
-        assert len(shown) <= len(expected), "the pages repeat customers"
-    assert shown == expected
+
+    def pages_along(url, rel):
+        """The names of each page from ``url`` following the ``rel`` link to its end, and that end's URL."""
+        pages = []
+        while True:
+            # The request's own queries, the count (and estimate) and at most two page queries: never one per row.
+            with django_assert_max_num_queries(16):
+                response = marketer_client.get(url)
+            page = names_in(response)
+            assert 0 < len(page) <= 4
+            pages.append(page)
+            assert sum(map(len, pages)) <= len(expected), "the pages repeat customers"
+            href = link(response, rel)
+            if href is None:
+                return pages, url
+            url = list_url() + href
+
+    forward, last_url = pages_along(list_url(sort=sort, **params), "next")
+    assert [name for page in forward for name in page] == expected
+    # "Previous" from the last page shows the same pages again, in reverse, back to the first.
+    backward, _ = pages_along(last_url, "prev")
+    assert backward == list(reversed(forward))
