@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -52,7 +52,7 @@ from customers.normalize import (
     normalize_phone,
     normalize_time_zone,
 )
-from customers.signals import send_orders_changed
+from customers.signals import send_first_seen_changed, send_orders_changed
 
 log = logging.getLogger(__name__)
 
@@ -1024,6 +1024,11 @@ def _merge_customers(stage: _Stage, plan: RowPlan, run: ImportRun, outcome: Outc
     new_values = {name: f"COALESCE(s.{name}, c.{name})" for name in mapped}
     if "first_seen_at" in new_values:
         new_values["first_seen_at"] = f"{sql.least}(c.first_seen_at, COALESCE(s.first_seen_at, c.first_seen_at))"
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT c.id FROM customers_customer AS c JOIN {t} s ON c.id = s.target_id "
+                           f"WHERE c.tenant_id = %s AND s.first_seen_at < c.first_seen_at", [tenant])
+            moved = [row[0] for row in cursor.fetchall()]
+        transaction.on_commit(lambda: send_first_seen_changed(tenant, moved))  # lifecycle refreshes these
     if plan.attributes:
         new_values["attributes"] = f"CASE WHEN s.attributes IS NULL THEN c.attributes ELSE {sql.json_merge('c.attributes', 's.attributes')} END"
     if new_values:

@@ -21,7 +21,7 @@ from django.utils import timezone
 from crm_site.tenancy import current_tenant_id
 from customers import consent
 from customers.models import ConsentEvent, Customer, Interaction, Order, OrderLine, Product
-from customers.signals import send_orders_changed
+from customers.signals import send_first_seen_changed, send_orders_changed
 
 CUSTOMER_FIELDS = ("email", "phone", "first_name", "last_name", "time_zone", "locale", "first_seen_at")
 ORDER_FIELDS = ("customer_id", "placed_at", "total", "refunded_amount", "currency", "channel", "status")
@@ -102,6 +102,7 @@ def upsert_customers(records: list[dict], *, method: str = "api", source: str = 
     new_customers: list[Customer] = []
     changed: dict[int, Customer] = {}
     changed_fields: set[str] = set()
+    first_seen_moved: list[int] = []
     for record, customer in zip(records, targets):
         if customer is None:
             customer = Customer(tenant_id=tenant_id, external_id=record["external_id"])
@@ -113,6 +114,8 @@ def upsert_customers(records: list[dict], *, method: str = "api", source: str = 
             statuses.append("created")
             continue
         fields = [name for name in CUSTOMER_FIELDS if name in record and getattr(customer, name) != record[name]]
+        if "first_seen_at" in fields:
+            first_seen_moved.append(customer.pk)
         if customer.external_id != record["external_id"]:
             fields.append("external_id")
         for name in fields:
@@ -132,6 +135,8 @@ def upsert_customers(records: list[dict], *, method: str = "api", source: str = 
     Customer.objects.bulk_create(new_customers)
     if changed:
         Customer.objects.bulk_update(list(changed.values()), sorted(changed_fields))
+    if first_seen_moved:
+        transaction.on_commit(lambda: send_first_seen_changed(tenant_id, first_seen_moved))  # bulk: no post_save
     customers = [target or new for target, new in _fill(targets, new_customers)]
 
     consent_changed = _append_customer_consent(records, customers, statuses, method=method, source=source)
