@@ -402,13 +402,13 @@ def _register_sqlite_functions() -> None:
 # --- 2. Days in the customer's own calendar --------------------------------------------------------
 
 
-def _local_days(moments: pd.Series, zones: pd.Series) -> pd.Series:
+def _local_days(moments: pd.Series, rows_by_zone: list[tuple[str, np.ndarray]]) -> pd.Series:
     """Return the calendar day (midnight, tz-naive) of each UTC moment in its row's time zone."""
-    days = pd.Series(pd.NaT, index=moments.index, dtype="datetime64[us]")
-    for zone, rows in moments.groupby(zones, sort=False):
-        local = rows.dt.tz_convert(zone).dt.tz_localize(None).dt.normalize()
-        days.loc[rows.index] = local.astype("datetime64[us]")
-    return days
+    utc = pd.DatetimeIndex(moments.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[us]"))
+    days = np.empty(len(moments), dtype="datetime64[us]")
+    for zone, rows in rows_by_zone:
+        days[rows] = utc[rows].tz_localize("UTC").tz_convert(zone).tz_localize(None).normalize().to_numpy()
+    return pd.Series(days, index=moments.index)
 
 
 def add_calendar_days(frame: pd.DataFrame, now: dt.datetime) -> pd.DataFrame:
@@ -416,12 +416,15 @@ def add_calendar_days(frame: pd.DataFrame, now: dt.datetime) -> pd.DataFrame:
     and the whole days since each (NaN where there is no such date).
     """
     frame = frame.copy()
-    zones = frame["time_zone"].astype("string")
-    now_series = pd.Series(pd.Timestamp(now).tz_convert("UTC"), index=frame.index)
-    frame["today_local"] = _local_days(now_series, zones)
+    codes, zones = pd.factorize(frame["time_zone"].astype("string"))
+    rows_by_zone = [(zone, np.flatnonzero(codes == code)) for code, zone in enumerate(zones)]
+    today = pd.Timestamp(now).tz_convert("UTC")
+    today_by_zone = np.array([today.tz_convert(zone).tz_localize(None).normalize().to_datetime64() for zone in zones],
+                             dtype="datetime64[us]")
+    frame["today_local"] = pd.Series(today_by_zone[codes], index=frame.index)
     for name, column in (("first_order", "first_order_at"), ("last_order", "last_order_at"),
                          ("signup", "signed_up_at")):
-        frame[f"{name}_local"] = _local_days(frame[column], zones)
+        frame[f"{name}_local"] = _local_days(frame[column], rows_by_zone)
         frame[f"days_since_{name}"] = (frame["today_local"] - frame[f"{name}_local"]).dt.days
     return frame
 

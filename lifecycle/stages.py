@@ -44,21 +44,6 @@ def heavy_user_threshold(trailing_revenue: pd.Series, share: float) -> float | N
     return float(values[min(position, len(values) - 1)])
 
 
-def _day_text(values: pd.Series) -> pd.Series:
-    """Return "1 day" / "N days" per value (rounded), empty where there is none; vectorised for big frames."""
-    numbers = pd.to_numeric(values).round().astype("Int64")
-    text = (numbers.astype("string") + " days").where(~(numbers == 1).fillna(False), "1 day")
-    return text.fillna("").astype(object)
-
-
-def _p_alive_text(frame: pd.DataFrame) -> pd.Series:
-    text = pd.Series("", index=frame.index, dtype=object)
-    known = frame["p_alive"].notna()
-    if known.any():
-        text[known] = "; P(alive) " + frame.loc[known, "p_alive"].map("{:.2f}".format)
-    return text
-
-
 def classify(metrics: pd.DataFrame, policy, now: dt.datetime, *, heavy_threshold=_UNSET,
              given_rewards: pd.DataFrame | None = None) -> pd.DataFrame:
     """Return the metrics frame with ``stage``, ``reason``, ``is_heavy_user``, ``is_reward_due``, ``due_rewards``
@@ -113,24 +98,56 @@ def classify(metrics: pd.DataFrame, policy, now: dt.datetime, *, heavy_threshold
     return frame
 
 
-def _reasons(frame: pd.DataFrame) -> pd.Series:
-    """Return the sentence behind each customer's stage, e.g. "last order 94 days ago; usual gap 30 days"."""
-    reasons = pd.Series("", index=frame.index, dtype=object)
-    stage = frame["stage"]
-    count = frame["order_count"]
-    orders = pd.Series(np.where(count == 1, "1 order", count.astype(str) + " orders"), index=frame.index)
-    rhythm = pd.Series(np.where(frame["usual_gap_days"].notna() & (count > 1),
-                                "; usual gap " + _day_text(frame["usual_gap_days"]), "; only one order"),
-                       index=frame.index)
-    since_signup = _day_text(frame["days_since_signup"])
+_PROSPECT, _ONBOARDING = Stage.PROSPECT.value, Stage.ONBOARDING.value
 
-    prospect = stage == Stage.PROSPECT.value
-    reasons[prospect] = "no purchase in " + since_signup[prospect] + " since sign-up"
-    signup = (stage == Stage.ONBOARDING.value) & (count <= 0)
-    reasons[signup] = "signed up " + since_signup[signup] + " ago; no purchase yet"
-    first = (stage == Stage.ONBOARDING.value) & (count > 0)
-    reasons[first] = "first purchase " + _day_text(frame.loc[first, "days_since_first_order"]) + " ago; " + orders[first]
-    rest = stage.isin([Stage.ACTIVE.value, Stage.AT_RISK.value, Stage.LAPSED.value])
-    reasons[rest] = ("last order " + _day_text(frame.loc[rest, "days_since_last_order"]) + " ago"
-                     + rhythm[rest] + _p_alive_text(frame.loc[rest]))
-    return reasons.str.slice(0, 300)
+
+def _days(count: int) -> str:
+    return "1 day" if count == 1 else f"{count} days"
+
+
+def _reason(stage: str, orders: int, since_signup: int, since_first: int, since_last: int, gap: int,
+            p_alive: float) -> str:
+    if stage == _PROSPECT:
+        return f"no purchase in {_days(since_signup)} since sign-up"
+    if stage == _ONBOARDING and orders <= 0:
+        return f"signed up {_days(since_signup)} ago; no purchase yet"
+    if stage == _ONBOARDING:
+        return f"first purchase {_days(since_first)} ago; {'1 order' if orders == 1 else f'{orders} orders'}"
+    rhythm = f"; usual gap {_days(gap)}" if gap >= 0 else "; only one order"
+    return f"last order {_days(since_last)} ago{rhythm}" + (f"; P(alive) {p_alive:.2f}" if p_alive >= 0 else "")
+
+
+def _reasons(frame: pd.DataFrame) -> pd.Series:
+    """Return the sentence behind each customer's stage, e.g. "last order 94 days ago; usual gap 30 days".
+
+    Built once per distinct combination of the numbers it shows (a few per cent of the customers), each number
+    blanked (-1) where the customer's stage does not show it.
+    """
+    stage = frame["stage"]
+    onboarding = (stage == Stage.ONBOARDING.value).to_numpy()
+    bought = (frame["order_count"] > 0).to_numpy()
+    rest = stage.isin([Stage.ACTIVE.value, Stage.AT_RISK.value, Stage.LAPSED.value]).to_numpy()
+
+    def shown(values, where) -> np.ndarray:
+        numbers = np.round(pd.to_numeric(values).to_numpy(dtype=float, na_value=np.nan))
+        return np.where(where & ~np.isnan(numbers), numbers, -1).astype(np.int64)
+
+    rhythm = rest & frame["usual_gap_days"].notna().to_numpy() & (frame["order_count"] > 1).to_numpy()
+    p_alive = frame["p_alive"].to_numpy(dtype=float, na_value=np.nan)
+    parts = pd.DataFrame({
+        "stage": stage.to_numpy(),
+        "orders": np.where(onboarding & bought, frame["order_count"], np.where(onboarding, 0, -1)),
+        "since_signup": shown(frame["days_since_signup"], (stage == Stage.PROSPECT.value).to_numpy() | (onboarding & ~bought)),
+        "since_first": shown(frame["days_since_first_order"], onboarding & bought),
+        "since_last": shown(frame["days_since_last_order"], rest),
+        "gap": shown(frame["usual_gap_days"], rhythm),
+        "p_alive": np.where(rest & ~np.isnan(p_alive), p_alive, -1.0),
+    })
+    codes = np.zeros(len(parts), dtype=np.int64)
+    for column in parts:
+        column_codes, distinct = pd.factorize(parts[column])
+        codes, _ = pd.factorize(codes * len(distinct) + column_codes)
+    first_rows = np.unique(codes, return_index=True)[1]
+    texts = np.array([_reason(*combination)[:300] for combination in parts.iloc[first_rows].itertuples(index=False)],
+                     dtype=object)
+    return pd.Series(texts[codes], index=frame.index, dtype=object)
