@@ -399,6 +399,8 @@ def test_two_dispatchers_at_once_open_one_run_of_a_broadcast(workspace):
 
     for _ in range(3):
         CustomerFactory(tenant=workspace, email_opt_in=True)
+    with tenant_scope(workspace):
+        SendingPolicy.objects.create(quiet_hours_enabled=False)  # dispatched now: the test may run at any hour
     campaign = broadcast(workspace, scheduled_at=timezone.now() - dt.timedelta(minutes=1))
     first_dispatched, finish_first = threading.Event(), threading.Event()
 

@@ -15,7 +15,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from campaigns import sms
-from campaigns.models import Campaign, Message, MessageEvent, RewardCode
+from campaigns.models import Campaign, Message, MessageEvent, RewardCode, SendingPolicy
 from campaigns.outbox import dispatch_due
 from campaigns.sending import claim_batch, send_batch, send_due
 from crm_site.tenancy import tenant_scope
@@ -30,6 +30,15 @@ from tests.factories import (
     OrderLineFactory,
     ProductFactory,
 )
+
+
+@pytest.fixture(autouse=True)
+def _sending_at_any_hour(request):
+    """Quiet hours are on by default (21:00-08:00 in the customer's zone) and would defer every message of a
+    test run at night: the workspace of these tests has them off."""
+    if "workspace" in request.fixturenames:
+        with tenant_scope(request.getfixturevalue("workspace")):
+            SendingPolicy.objects.create(quiet_hours_enabled=False)
 
 
 def live_broadcast(workspace, **step):
