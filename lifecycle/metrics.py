@@ -25,17 +25,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import zoneinfo
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 import psycopg
-import psycopg.sql
 from django.db import connection
 
-from crm_site.tenancy import TENANT_SETTINGS_SQL, tenant_settings
 from lifecycle import predictive
+from lifecycle.packed_reads import read_packed
 
 MIN_REPEAT_CUSTOMERS = 200
 FIT_SAMPLE_SIZE = 100_000  # the population parameters are as precise from a 100k sample, and 10x faster to fit
@@ -58,12 +56,10 @@ RFM_SEGMENT_LABELS = {
 
 
 # --- 1. The one pass over the orders ---------------------------------------------------------------
-# On PostgreSQL the orders of the workspace stream to numpy, which aggregates them per customer: PostgreSQL
-# runs a window (LAG) or an ordered-set aggregate (PERCENTILE_CONT) in one process only, and that single
-# process took six times as long as a parallel GROUP BY at 10M orders. Each statement packs its orders into
-# one bytea of fixed 24-byte records (customer id, placed_at, net amount in cents, big-endian as PostgreSQL's
-# binary send functions write them), so no per-row message reaches Python; a workspace whose orders the planner
-# would read with a sequential scan is read as page ranges on READ_CONNECTIONS connections sharing one snapshot.
+# On PostgreSQL the orders of the workspace stream to numpy (lifecycle.packed_reads: 24-byte records, page
+# ranges read on two connections sharing one snapshot), which aggregates them per customer: PostgreSQL runs a
+# window (LAG) or an ordered-set aggregate (PERCENTILE_CONT) in one process only, and that took six times as
+# long as a parallel GROUP BY at 10M orders. The customers are read meanwhile, packed per time zone.
 
 _PACKED_ORDERS = """
 SELECT string_agg(int8send(customer_id) || timestamptz_send(placed_at)
@@ -79,8 +75,6 @@ WHERE tenant_id = %(tenant)s AND erased_at IS NULL {condition}
 GROUP BY time_zone
 """
 _CUSTOMER_RECORD = np.dtype([("customer_id", ">i8"), ("signed_up_at", ">i8")])
-READ_CONNECTIONS = 2  # the machine's cores; PostgreSQL's own parallel workers do the same for a GROUP BY
-PAGES_PER_STATEMENT = 8192  # 64 MB of heap per statement: a few MB of records, a bounded bytea
 PG_EPOCH_MICROSECONDS = 946_684_800_000_000  # 2000-01-01, PostgreSQL's timestamp zero, in Unix microseconds
 _DAY_MICROSECONDS = 86_400_000_000
 _DAY_BITS = 21  # the low bits of a sort key: a day (since the earliest order) in 5,700 years
@@ -175,26 +169,14 @@ def _postgres_frame(params: dict, customer_ids) -> pd.DataFrame:
     if customer_ids is not None:
         params = {**params, "customer_ids": customer_ids}
         condition = "AND {column} = ANY(%(customer_ids)s)"
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL jit = off")  # compiling these simple scans costs more than it saves
-    if customer_ids is None and _planned_as_sequential_scan(params):
-        snapshot, pages = _export_snapshot()
-        ranges = _page_ranges(pages)
-        connection_params = connection.get_connection_params()
-        reader_count = min(READ_CONNECTIONS, len(ranges))
-        with ThreadPoolExecutor(max_workers=reader_count) as pool:
-            # Each reader imports this transaction's snapshot, so together they see exactly the orders it sees,
-            # each once; the customers are read meanwhile on this connection.
-            readers = [pool.submit(_read_page_ranges, connection_params, params, snapshot,
-                                   ranges[reader::reader_count]) for reader in range(reader_count)]
-            customers = _read_customers(params, "")
-            orders = _decode_orders([packed for reader in readers for packed in reader.result()])
-    else:
-        customers = _read_customers(params, condition.format(column="id"))
-        with psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(_PACKED_ORDERS.format(condition=condition.format(column="customer_id")), params,
-                           binary=True)
-            orders = _decode_orders([cursor.fetchone()[0]])
+    orders, customers = read_packed(_PACKED_ORDERS, params, _ORDER_RECORD, table="customers_order",
+                                    condition=condition.format(column="customer_id"),
+                                    meanwhile=lambda: _read_customers(params, condition.format(column="id")))
+    orders = {
+        "customer_id": orders["customer_id"].astype(np.int64),
+        "placed_at": orders["placed_at"].astype(np.int64) + PG_EPOCH_MICROSECONDS,  # Unix microseconds
+        "net_cents": orders["net_cents"].astype(np.int64),
+    }
     return aggregate_orders(customers, orders, params["as_of"], params["year_ago"], params["tz"])
 
 
@@ -216,62 +198,6 @@ def _read_customers(params: dict, condition: str) -> pd.DataFrame:
     })
 
 
-def _planned_as_sequential_scan(params: dict) -> bool:
-    """Return True when PostgreSQL would read the workspace's orders with a sequential scan (a large share of
-    the table), where reading page ranges in parallel covers the same pages; a small workspace in a big table
-    is read through its index instead.
-    """
-    with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (FORMAT JSON) " + _PACKED_ORDERS.format(condition=""), params)
-        plan = cursor.fetchone()[0]
-    plan = json.loads(plan) if isinstance(plan, str) else plan
-    return '"Seq Scan"' in json.dumps(plan)
-
-
-def _export_snapshot() -> tuple[str, int]:
-    """Return this transaction's snapshot id for other connections to import, and the orders table's pages."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_export_snapshot(),"
-                       " pg_relation_size('customers_order') / current_setting('block_size')::int")
-        return cursor.fetchone()
-
-
-def _page_ranges(pages: int) -> list[tuple[int, int | None]]:
-    """Return [start, end) page ranges covering the table, the last one open (rows of the snapshot lie below
-    the size read after it was taken)."""
-    starts = list(range(0, max(pages, 1), PAGES_PER_STATEMENT))
-    return [(start, None if start == starts[-1] else start + PAGES_PER_STATEMENT) for start in starts]
-
-
-def _read_page_ranges(connection_params: dict, params: dict, snapshot: str,
-                      ranges: list[tuple[int, int | None]]) -> list[bytes | None]:
-    """Return the packed orders of each page range, read on a new connection inside the exported snapshot."""
-    with psycopg.connect(**connection_params) as raw:
-        raw.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        raw.read_only = True
-        with psycopg.Cursor(raw) as cursor:
-            cursor.execute(psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(psycopg.sql.Literal(snapshot)))
-            cursor.execute(f"SELECT {TENANT_SETTINGS_SQL}", tenant_settings(params["tenant"]))
-            cursor.execute("SET LOCAL jit = off")
-            packed = []
-            for start, end in ranges:
-                condition = f"AND ctid >= '({start},0)'::tid" + (f" AND ctid < '({end},0)'::tid" if end else "")
-                cursor.execute(_PACKED_ORDERS.format(condition=condition), params, binary=True)
-                packed.append(cursor.fetchone()[0])
-        raw.rollback()
-    return packed
-
-
-def _decode_orders(packed: list[bytes | None]) -> dict[str, np.ndarray]:
-    records = [np.frombuffer(part, dtype=_ORDER_RECORD) for part in packed if part]
-    records = np.concatenate(records) if records else np.empty(0, dtype=_ORDER_RECORD)
-    return {
-        "customer_id": records["customer_id"].astype(np.int64),
-        "placed_at": records["placed_at"].astype(np.int64) + PG_EPOCH_MICROSECONDS,  # Unix microseconds
-        "net_cents": records["net_cents"].astype(np.int64),
-    }
-
-
 def _unix_microseconds(moment: dt.datetime) -> int:
     return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
 
@@ -288,16 +214,19 @@ def aggregate_orders(customers: pd.DataFrame, orders: dict[str, np.ndarray], as_
     ids = frame["customer_id"].to_numpy(dtype=np.int64)
     size = len(ids)
     position = np.minimum(np.searchsorted(ids, orders["customer_id"]), max(size - 1, 0))
+    placed_at, net = orders["placed_at"], orders["net_cents"]
     known = (ids[position] == orders["customer_id"]) if size else np.zeros(len(position), dtype=bool)
-    position, placed_at, net = position[known], orders["placed_at"][known], orders["net_cents"][known]
+    if not known.all():
+        position, placed_at, net = position[known], placed_at[known], net[known]
 
     order_count = np.bincount(position, minlength=size)
     revenue = np.bincount(position, weights=net, minlength=size)
     recent = placed_at > _unix_microseconds(year_ago)
-    first_order = np.full(size, np.iinfo(np.int64).max)
-    last_order = np.full(size, np.iinfo(np.int64).min)
-    np.minimum.at(first_order, position, placed_at)
-    np.maximum.at(last_order, position, placed_at)
+    first_order, last_order = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+    span = pd.DataFrame({"position": position, "placed_at": placed_at}).groupby("position")["placed_at"].agg(
+        ["min", "max"])  # several times faster here than np.minimum.at
+    first_order[span.index] = span["min"].to_numpy()
+    last_order[span.index] = span["max"].to_numpy()
 
     wall = pd.DatetimeIndex(placed_at.astype("datetime64[us]")).tz_localize("UTC").tz_convert(workspace_tz)
     day = wall.tz_localize(None).asi8 // _DAY_MICROSECONDS if len(placed_at) else np.zeros(0, dtype=np.int64)
@@ -332,10 +261,9 @@ def aggregate_orders(customers: pd.DataFrame, orders: dict[str, np.ndarray], as_
     frame["order_count"] = order_count
     frame["purchase_days"] = np.bincount(purchase_customer, minlength=size)
     frame["revenue"] = revenue / 100
-    frame["trailing_revenue_12m"] = np.bincount(position[recent], weights=net[recent], minlength=size) / 100
-    frame["orders_12m"] = np.bincount(position[recent], minlength=size)
-    frame["repeat_revenue"] = (revenue - np.bincount(position[on_first_day], weights=net[on_first_day],
-                                                     minlength=size)) / 100
+    frame["trailing_revenue_12m"] = np.bincount(position, weights=np.where(recent, net, 0), minlength=size) / 100
+    frame["orders_12m"] = np.bincount(position, weights=recent, minlength=size).astype(np.int64)
+    frame["repeat_revenue"] = np.bincount(position, weights=np.where(on_first_day, 0, net), minlength=size) / 100
     frame["span_days"] = np.where(bought, last_day - first_day, 0)
     frame["usual_gap_days"] = usual_gap
     return frame[FRAME_COLUMNS]

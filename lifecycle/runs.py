@@ -12,7 +12,6 @@ refresh never overwrites a newer incremental result; the advisory lock keeps two
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import time
@@ -20,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import psycopg
 from django.db import connection
 from django.utils import timezone
 
@@ -29,6 +27,7 @@ from crm_site.tenancy import tenant_scope
 from customers.models import Customer
 from lifecycle import metrics as metrics_module
 from lifecycle.models import CustomerMetrics, LifecyclePolicy, LifecycleRun, RewardGrant, Stage
+from lifecycle.packed_reads import DeferredRead, read_packed
 from lifecycle.stages import classify
 
 log = logging.getLogger(__name__)
@@ -95,8 +94,13 @@ def refresh_workspace(workspace: Workspace | int, *, now: dt.datetime | None = N
     progress(0, REFRESH_STEPS, "Reading orders")
     with tenant_scope(workspace):
         policy = workspace_policy()
-        frame = metrics_module.load_customer_orders(workspace.pk, now, workspace.time_zone)
-        given = _given_rewards(None)
+        stored = _deferred_stored_read(workspace.pk)
+        try:
+            frame = metrics_module.load_customer_orders(workspace.pk, now, workspace.time_zone)
+            given = _given_rewards(None)
+        finally:
+            if stored is not None:
+                stored.start()  # the server reads the stored rows while this process fits and classifies
     progress(1, REFRESH_STEPS, f"Fitting the purchase model on {len(frame):,} customers")
     population = metrics_module.fit_population(
         frame, workspace_tz=workspace.time_zone, now=now, heavy_user_share=policy.heavy_user_revenue_share)
@@ -107,7 +111,7 @@ def refresh_workspace(workspace: Workspace | int, *, now: dt.datetime | None = N
                           given_rewards=given)
     progress(3, REFRESH_STEPS, "Writing changes")
     with tenant_scope(workspace):
-        rows, events = write_back(workspace.pk, classified, now=now, read_started=read_started)
+        rows, events = write_back(workspace.pk, classified, now=now, read_started=read_started, stored=stored)
         _delete_erased(workspace.pk)
         # Counted from this run's classification (every non-erased customer), not by scanning the table again.
         counts = classified["stage"].value_counts().to_dict()
@@ -179,9 +183,11 @@ def _given_rewards(customer_ids) -> pd.DataFrame:
 
 def _delete_erased(tenant_id: int) -> None:
     # An erased customer keeps no profile: their metrics row goes too (their events cascade with the customer).
-    # Starting from the (few) erased customers, not from every metrics row.
-    erased = Customer.objects.filter(erased_at__isnull=False).values("pk")
-    CustomerMetrics.objects.filter(customer_id__in=erased).delete()
+    # The ids first: a subquery was planned as a join over all metrics rows (4 s at 1M, right after they were
+    # first written).
+    erased = list(Customer.objects.filter(erased_at__isnull=False).values_list("pk", flat=True))
+    if erased:
+        CustomerMetrics.objects.filter(customer_id__in=erased).delete()
 
 
 # --- Write-back ------------------------------------------------------------------------------------
@@ -242,10 +248,13 @@ def _staging_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return staged
 
 
-def write_back(tenant_id: int, frame: pd.DataFrame, *, now: dt.datetime, read_started: dt.datetime) -> tuple[int, int]:
+def write_back(tenant_id: int, frame: pd.DataFrame, *, now: dt.datetime, read_started: dt.datetime,
+               stored: DeferredRead | None = None) -> tuple[int, int]:
     """Write the classified frame: insert transitions as events, update the changed rows and insert new ones.
 
-    Returns (rows written, events written). Runs inside the workspace's scope (one transaction).
+    Returns (rows written, events written). Runs inside the workspace's scope (one transaction). ``stored``,
+    from _deferred_stored_read, holds the stored rows as they were when the refresh read (else they are read
+    now).
     """
     if frame.empty:
         return 0, 0
@@ -254,7 +263,7 @@ def write_back(tenant_id: int, frame: pd.DataFrame, *, now: dt.datetime, read_st
     with connection.cursor() as cursor:
         if postgres:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ADVISORY_LOCK_CLASS, tenant_id])
-            frame = frame[differs_from_stored(tenant_id, frame)]
+            frame = frame[differs_from_stored(tenant_id, frame, stored.records() if stored else None)]
             if frame.empty:
                 return 0, 0
         staged = _staging_frame(frame)
@@ -291,17 +300,17 @@ def write_back(tenant_id: int, frame: pd.DataFrame, *, now: dt.datetime, read_st
 
 
 # --- Which rows may have changed ------------------------------------------------------------------
-# Staging a million rows to find the few dozen that changed took most of a nightly refresh. Instead the server
-# packs the compared columns of the stored rows into fixed-width records, one bytea per distinct combination of
-# the text columns (a few hundred), numpy lays the incoming values out the same way, and only the rows that
-# differ, or have no stored row, are staged. The write-back's own comparison in SQL still decides, so a row this
-# filter keeps in vain (say, a reward list spelt differently) costs a staged row, never a wrong write.
+# Staging a million rows to find the few dozen that changed took most of a nightly refresh. Instead the stored
+# rows' compared columns are read as packed fixed-width records (lifecycle.packed_reads), the text columns as
+# one 64-bit hash computed by the server for both sides, numpy lays the incoming values out the same way, and
+# only the rows that differ, or have no stored row, are staged. The write-back's own comparison in SQL still
+# decides, so a row this filter keeps in vain costs a staged row, never a wrong write.
 
 _NULL_INTEGER = {"timestamptz": np.iinfo(np.int64).min, "integer": np.iinfo(np.int32).min,
                  "smallint": np.iinfo(np.int16).min, "numeric": np.iinfo(np.int64).min}
-_TEXTS = [name for name, kind in COMPARED if kind.startswith(("varchar", "jsonb"))]
-_STORED_PER_STATEMENT = 1_000_000  # customers per packed statement: 120 MB, well below bytea's 1 GB
-_STORED_BY_ID_BELOW = 10_000
+_TEXTS = [name for name, kind in COMPARED if kind.startswith("varchar")]
+_TEXTS_HASH = "hashtextextended({texts}, jsonb_hash_extended({rewards}, 0))"
+_STORED_BY_ID_BELOW = 10_000  # an incremental refresh reads its customers' rows through the index
 
 
 def _stored_field(name: str, kind: str) -> tuple[str, str]:
@@ -321,13 +330,14 @@ def _stored_field(name: str, kind: str) -> tuple[str, str]:
 
 def _stored_layout() -> tuple[str, np.dtype]:
     fields = [("customer_id", "int8send(customer_id)", ">i8")]
-    fields += [(name, *_stored_field(name, kind)) for name, kind in COMPARED if name not in _TEXTS]
-    texts = ", ".join(f"{name}::text" for name in _TEXTS)
+    fields += [(name, *_stored_field(name, kind)) for name, kind in COMPARED
+               if name not in _TEXTS and kind != "jsonb"]
+    texts = _TEXTS_HASH.format(texts=" || chr(31) || ".join(_TEXTS), rewards="due_rewards")
+    fields.append(("texts", f"int8send({texts})", ">i8"))
     query = f"""
-SELECT {texts}, string_agg({" || ".join(expression for _, expression, _ in fields)}, ''::bytea)
+SELECT string_agg({" || ".join(expression for _, expression, _ in fields)}, ''::bytea)
 FROM lifecycle_customermetrics
 WHERE tenant_id = %(tenant)s {{condition}}
-GROUP BY {texts}
 """
     return query, np.dtype([(name, kind) for name, _, kind in fields])
 
@@ -335,89 +345,91 @@ GROUP BY {texts}
 _STORED_QUERY, _STORED_RECORD = _stored_layout()
 
 
-def _incoming_records(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Return the frame's compared values laid out as _STORED_QUERY packs the stored ones (same NULL markers),
-    a code per row for its combination of texts, and the code of each combination."""
+def _incoming_records(frame: pd.DataFrame) -> np.ndarray:
+    """Return the frame's compared values laid out as _STORED_QUERY packs the stored ones (same NULL markers)."""
     staged = frame.rename(columns={"signed_up_at": "first_seen_at"})
     records = np.zeros(len(staged), dtype=_STORED_RECORD.newbyteorder("="))
     records["customer_id"] = staged["customer_id"].to_numpy(dtype=np.int64)
-    for name, kind in COMPARED:
-        if name in _TEXTS:
-            continue
+    for name in _STORED_RECORD.names[1:-1]:
+        kind = dict(COMPARED)[name]
         column = staged[name]
-        nulls = column.isna().to_numpy()
+        if kind == "double precision":
+            records[name] = column.to_numpy(dtype=float, na_value=np.nan)
+            continue
+        if kind == "boolean":
+            records[name] = column.fillna(False).to_numpy(dtype=bool)
+            continue
         if kind == "timestamptz":
             moments = pd.to_datetime(column, utc=True).dt.tz_localize(None).astype("datetime64[us]")
             values = moments.to_numpy().astype(np.int64) - PG_EPOCH_MICROSECONDS
         elif kind.startswith("numeric"):
             values = np.round(column.fillna(0).to_numpy(dtype=float) * 100).astype(np.int64)
-        elif kind == "double precision":
-            records[name] = column.to_numpy(dtype=float, na_value=np.nan)
-            continue
-        elif kind == "boolean":
-            records[name] = column.fillna(False).to_numpy(dtype=bool)
-            continue
         else:
             values = column.fillna(0).to_numpy(dtype=np.int64)
-        records[name] = np.where(nulls, _NULL_INTEGER[kind.split("(")[0]], values)
-    texts = [staged[name].fillna("").astype(str) for name in _TEXTS[:-1]]
-    texts.append(_per_distinct_list(staged["due_rewards"], jsonb_text))
+        records[name] = np.where(column.isna().to_numpy(), _NULL_INTEGER[kind.split("(")[0]], values)
+    records["texts"] = _texts_hashes(staged)
+    return records
+
+
+def _texts_hashes(staged: pd.DataFrame) -> np.ndarray:
+    """Return the server's hash of each row's text columns, asked once per distinct combination of them."""
+    texts = [staged[name].fillna("").astype(str) for name in _TEXTS]
+    rewards = _per_distinct_list(staged["due_rewards"], json.dumps)
     codes = np.zeros(len(staged), dtype=np.int64)
-    for text in texts:
-        text_codes, distinct = pd.factorize(text)
-        codes, _ = pd.factorize(codes * len(distinct) + text_codes)
+    for column in [*texts, rewards]:
+        column_codes, distinct = pd.factorize(column)
+        codes, _ = pd.factorize(codes * len(distinct) + column_codes)
     first_rows = np.unique(codes, return_index=True)[1]
-    combinations = {tuple(text.iloc[row] for text in texts): int(codes[row]) for row in first_rows}
-    return records, codes, combinations
+    joined = ["\x1f".join(text.iloc[row] for text in texts) for row in first_rows]
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_TEXTS_HASH.format(texts='texts', rewards='rewards::jsonb')}"
+                       " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS combination(texts, rewards, position)"
+                       " ORDER BY position", [joined, rewards.iloc[first_rows].tolist()])
+        hashes = np.array([value for value, in cursor.fetchall()], dtype=np.int64)
+    return hashes[codes]
 
 
-def jsonb_text(value) -> str:
-    """Return ``value`` as PostgreSQL prints it from a jsonb: object keys shortest first (then by their bytes),
-    ", " and ": " between items."""
-    if isinstance(value, dict):
-        keys = sorted(value, key=lambda key: (len(key.encode()), key.encode()))
-        return "{" + ", ".join(f"{json.dumps(key, ensure_ascii=False)}: {jsonb_text(value[key])}" for key in keys) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(jsonb_text(item) for item in value) + "]"
-    return json.dumps(value, ensure_ascii=False)
+def _deferred_stored_read(tenant_id: int) -> DeferredRead | None:
+    """Return a read of the workspace's stored metrics rows as they are now, to run later (PostgreSQL).
+
+    Only while no lifecycle write of the workspace is under way (its advisory lock is free for a moment): every
+    row written after this moment is then newer than the refresh's read, which the write-back never overwrites,
+    so comparing with these rows stages exactly what comparing at write time would. None otherwise, off
+    PostgreSQL, or when this transaction has written (another connection would not see that).
+    """
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL"
+                       " THEN pg_try_advisory_lock(%s, %s) ELSE FALSE END", [ADVISORY_LOCK_CLASS, tenant_id])
+        if not cursor.fetchone()[0]:
+            return None
+        try:
+            return DeferredRead(_STORED_QUERY.format(condition=""), {"tenant": tenant_id}, _STORED_RECORD)
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCK_CLASS, tenant_id])
 
 
-def _stored_records(tenant_id: int, customer_ids: np.ndarray, combinations: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Return the stored rows of these customers as packed records, and each one's text combination code in
-    ``combinations`` (-1 for a combination no incoming row has)."""
-    params = {"tenant": tenant_id}
-    if len(customer_ids) < _STORED_BY_ID_BELOW:  # an incremental refresh: its customers, through the index
-        params["customer_ids"] = customer_ids.tolist()
-        conditions = ["AND customer_id = ANY(%(customer_ids)s)"]
-    else:
-        bounds = customer_ids[::_STORED_PER_STATEMENT].tolist()
-        conditions = [f"AND customer_id >= {low}" + (f" AND customer_id < {high}" if high else "")
-                      for low, high in zip(bounds, [*bounds[1:], None])]
-    parts, codes = [], []
-    # A server-binding cursor, not Django's client-side one: results in binary, so bytea arrives as bytes.
-    with psycopg.Cursor(connection.connection) as cursor:
-        for condition in conditions:
-            cursor.execute(_STORED_QUERY.format(condition=condition), params, binary=True)
-            for *texts, packed in cursor.fetchall():
-                parts.append(np.frombuffer(packed, dtype=_STORED_RECORD))
-                codes.append(np.full(len(parts[-1]), combinations.get(tuple(texts), -1)))
-    if not parts:
-        return np.empty(0, dtype=_STORED_RECORD), np.empty(0, dtype=np.int64)
-    return np.concatenate(parts), np.concatenate(codes)
-
-
-def differs_from_stored(tenant_id: int, frame: pd.DataFrame) -> np.ndarray:
+def differs_from_stored(tenant_id: int, frame: pd.DataFrame, stored: np.ndarray | None = None) -> np.ndarray:
     """Return, per row of the classified frame, whether it has no stored metrics row or one that differs in a
-    compared column (PostgreSQL; a row in doubt counts as different)."""
-    incoming, incoming_texts, combinations = _incoming_records(frame)
-    stored, stored_texts = _stored_records(tenant_id, np.sort(incoming["customer_id"]), combinations)
+    compared column (PostgreSQL; the text columns compared by a 64-bit hash). ``stored``: the workspace's
+    stored rows as _STORED_QUERY packs them, read now when not given."""
+    incoming = _incoming_records(frame)
+    if stored is None:
+        params = {"tenant": tenant_id}
+        condition = ""
+        if len(frame) < _STORED_BY_ID_BELOW:
+            params["customer_ids"] = incoming["customer_id"].tolist()
+            condition = "AND customer_id = ANY(%(customer_ids)s)"
+        stored, _ = read_packed(_STORED_QUERY, params, _STORED_RECORD, table="lifecycle_customermetrics",
+                                condition=condition)
     if not len(stored):
         return np.ones(len(frame), dtype=bool)
     stored_ids = stored["customer_id"].astype(np.int64)
     by_id = np.argsort(stored_ids)
     position = np.minimum(np.searchsorted(stored_ids, incoming["customer_id"], sorter=by_id), len(by_id) - 1)
     match = by_id[position]
-    differs = (stored_ids[match] != incoming["customer_id"]) | (stored_texts[match] != incoming_texts)
+    differs = stored_ids[match] != incoming["customer_id"]
     for name in _STORED_RECORD.names[1:]:
         old, new = stored[name][match], incoming[name]
         if old.dtype.kind == "f":
