@@ -54,7 +54,7 @@ BODY = (
 
 
 def serve_smtp(port: int) -> None:
-    """Run a counting aiosmtpd server on 127.0.0.1:port until SIGTERM; then print 'received <n> <bytes>'."""
+    """Run a counting aiosmtpd server on 127.0.0.1:port until SIGTERM; then print 'received <n> <bytes> <CPU s>'."""
     from aiosmtpd.controller import Controller
 
     counts = {"messages": 0, "bytes": 0}
@@ -67,13 +67,14 @@ def serve_smtp(port: int) -> None:
 
     controller = Controller(CountingHandler(), hostname="127.0.0.1", port=port)
     controller.start()
+    cpu_started = time.process_time()
     print("ready", flush=True)
     stopped = asyncio.Event()
     loop = asyncio.new_event_loop()
     loop.add_signal_handler(signal.SIGTERM, stopped.set)
     loop.run_until_complete(stopped.wait())
     controller.stop()
-    print(f"received {counts['messages']} {counts['bytes']}", flush=True)
+    print(f"received {counts['messages']} {counts['bytes']} {time.process_time() - cpu_started:.3f}", flush=True)
 
 
 class SmtpServer:
@@ -89,12 +90,12 @@ class SmtpServer:
         if self.process.stdout.readline().strip() != "ready":
             raise RuntimeError("the SMTP server did not start")
 
-    def stop(self) -> tuple[int, int]:
-        """Stop the server; return (messages, bytes) it received."""
+    def stop(self) -> tuple[int, int, float]:
+        """Stop the server; return (messages, bytes) it received and the CPU seconds it spent."""
         self.process.send_signal(signal.SIGTERM)
         output, _ = self.process.communicate(timeout=10)
-        _, messages, size = output.split()
-        return int(messages), int(size)
+        _, messages, size, cpu_seconds = output.split()
+        return int(messages), int(size), float(cpu_seconds)
 
 
 # --- Data ---------------------------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ def measure(args, server: SmtpServer) -> int:
         raw_seconds, raw_cpu = run_raw_smtplib(server.port, rendered, args.senders)
         statuses = outbox_statuses(workspace)
     finally:
-        received, size = server.stop()
+        received, size, server_cpu = server.stop()
         if not args.keep:
             delete_workspace(workspace)
 
@@ -352,7 +353,8 @@ def measure(args, server: SmtpServer) -> int:
           f"(same messages, {_senders(args.senders, 'connection')}; "
           f"{raw_cpu / max(len(rendered), 1) * 1000:.2f} ms CPU per message)")
     print(f"ratio             {pipeline_rate / raw_rate:.2f} of raw smtplib (target >= 0.50)")
-    print(f"server received   {received} messages (expected {sent + len(rendered)})")
+    print(f"server received   {received} messages (expected {sent + len(rendered)}), "
+          f"{server_cpu / max(received, 1) * 1000:.2f} ms CPU per message in the SMTP server")
     print(f"machine           {os.cpu_count()} cores, load average {load_before:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end")
     if sent != args.messages or received != sent + len(rendered):
