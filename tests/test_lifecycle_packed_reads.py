@@ -1,0 +1,101 @@
+"""The lifecycle refresh's reads on PostgreSQL with committed data, as the nightly refresh sees it: orders read as
+page ranges on two connections sharing one snapshot give the same metrics as one statement, and a second
+refresh (its stored rows read on their own connection meanwhile) writes only the customer who changed.
+
+These tests commit (``transaction=True``): the other connections cannot see a test's open transaction, and
+the refresh then reads everything on its own connection, as the other lifecycle tests exercise.
+"""
+
+import datetime as dt
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from crm_site.tenancy import tenant_scope
+from customers.models import Customer, Order
+from lifecycle import packed_reads
+from lifecycle.metrics import load_customer_orders
+from lifecycle.models import CustomerMetrics, LifecycleEvent
+from lifecycle.runs import refresh_workspace
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif("connection.vendor != 'postgresql'", reason="page ranges and snapshots are PostgreSQL's"),
+]
+DAY = dt.timedelta(days=1)
+
+
+def history(workspace, external_id, *days_ago, total="40.00", zone=""):
+    now = timezone.now()
+    with tenant_scope(workspace):
+        person = Customer.objects.create(external_id=external_id, email=f"{external_id.lower()}@example.org",
+                                         time_zone=zone, first_seen_at=now - 900 * DAY)
+        Order.objects.bulk_create([
+            Order(tenant=workspace, customer=person, external_id=f"{external_id}-{days}", placed_at=now - days * DAY,
+                  total=Decimal(total)) for days in days_ago])
+    return person
+
+
+@pytest.fixture
+def reads_in_snapshot(monkeypatch):
+    """Count the statements run on other connections inside an exported snapshot."""
+    statements = []
+    original = packed_reads._read_in_snapshot
+
+    def counted(connection_params, snapshot, batch, params, *events):
+        statements.extend(batch)
+        return original(connection_params, snapshot, batch, params, *events)
+
+    monkeypatch.setattr(packed_reads, "_read_in_snapshot", counted)
+    return statements
+
+
+def frame_read_with(workspace, now, *settings):
+    with tenant_scope(workspace), connection.cursor() as cursor:
+        for setting in settings:
+            cursor.execute(f"SET LOCAL {setting}")
+        return load_customer_orders(workspace.pk, now, workspace.time_zone)
+
+
+def test_orders_read_in_page_ranges_on_two_connections_match_one_statement(workspace, monkeypatch,
+                                                                             reads_in_snapshot):
+    monkeypatch.setattr(packed_reads, "PAGES_PER_STATEMENT", 1)  # every heap page its own statement
+    people = [history(workspace, f"C{number}", *range(10 + number, 400, 30 + number), zone=zone)
+              for number, zone in enumerate(["", "America/Los_Angeles", "Asia/Tokyo"] * 20)]
+    history(workspace, "PROSPECT")
+    now = timezone.now()
+
+    in_ranges = frame_read_with(workspace, now, "enable_indexscan = off", "enable_bitmapscan = off")
+    assert len(reads_in_snapshot) > 2  # several page ranges, on other connections
+    reads_in_snapshot.clear()
+    one_statement = frame_read_with(workspace, now, "enable_seqscan = off")
+    assert reads_in_snapshot == []
+
+    pd.testing.assert_frame_equal(in_ranges, one_statement, check_exact=True)
+    first = in_ranges.set_index("customer_id").loc[people[0].pk]
+    assert (first.order_count, first.purchase_days, first.usual_gap_days) == (13, 13, 30.0)
+    with tenant_scope(workspace):
+        assert in_ranges["order_count"].sum() == Order.objects.count()
+
+
+def test_a_second_refresh_writes_only_the_customer_whose_orders_changed(workspace, reads_in_snapshot):
+    regular = history(workspace, "REGULAR", 150, 120, 90, 60, 30)
+    steady = [history(workspace, f"STEADY{number}", 200 + number, 100 + number) for number in range(5)]
+    first = refresh_workspace(workspace)
+    assert first.rows_written == 6
+    with tenant_scope(workspace):
+        Order.objects.create(tenant=workspace, customer=regular, external_id="REGULAR-today",
+                             placed_at=timezone.now() - dt.timedelta(hours=1), total=Decimal("40.00"))
+
+    second = refresh_workspace(workspace)
+
+    assert any("lifecycle_customermetrics" in statement for statement in reads_in_snapshot)  # read meanwhile
+    assert second.rows_written == 1
+    with tenant_scope(workspace):
+        assert CustomerMetrics.objects.get(customer=regular).order_count == 6
+        assert CustomerMetrics.objects.filter(customer__in=steady, order_count=2).count() == 5
+        assert set(LifecycleEvent.objects.filter(occurred_at__gt=first.run.finished_at)
+                   .values_list("customer_id", flat=True)) <= {regular.pk}
