@@ -2,6 +2,7 @@
 """Benchmark the customer list of a large workspace over HTTP, beside the SQL of the same pages run directly.
 
     .venv/bin/python bench/pages.py --workspace bench --requests 30
+    .venv/bin/python bench/pages.py --workspace bench --requests 10 --only "spend" --only "stage"  # some URLs
 
 What is measured
     The web app runs in a subprocess (gunicorn, one sync worker, DEBUG off, on a free port of 127.0.0.1,
@@ -240,7 +241,8 @@ def page_statements(workspace, params: dict) -> list[str]:
 
 
 def time_statements(workspace, statements: list[str]) -> float:
-    """Run the statements in the workspace's scope, fetching every row; return the milliseconds."""
+    """Run the statements in the workspace's scope (one transaction, as a request), fetching every row; return the
+    milliseconds."""
     from django.db import connection
 
     from crm_site.tenancy import tenant_scope
@@ -249,7 +251,8 @@ def time_statements(workspace, statements: list[str]) -> float:
     with tenant_scope(workspace), connection.cursor() as cursor:
         for statement in statements:
             cursor.execute(statement)
-            cursor.fetchall()
+            if cursor.description is not None:  # not a SET
+                cursor.fetchall()
     return (time.perf_counter() - started) * 1000
 
 

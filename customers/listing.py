@@ -36,6 +36,9 @@ EXACT_COUNT_CAP = 10_000
 # A walk with a window (WalkWindow) visits at most this many rows before it sorts the matches instead: about
 # 20 ms of index walk at 1M customers, and enough for a filter that one customer in 400 matches.
 WALK_WINDOW = 20_000
+# The sort memory of that sort (PostgreSQL, for the rest of the request's transaction): the 150,000 matches of a
+# last-order range at 1M customers take 6-7 MB, and the default 4 MB sends them to disk (a third slower).
+SORT_WORK_MEM = "32MB"
 MAX_SEARCH_TERMS = 5
 MAX_SEARCH_LENGTH = 100
 
@@ -498,6 +501,9 @@ def _segment_rows(segment: _Segment, values: list | None, descending: bool, limi
     if end is None or len(found) >= limit:
         return found
     # The window held fewer matches than asked for: they are rare along this walk, so sort the rest of them.
+    if connection.vendor == "postgresql" and connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL work_mem = '{SORT_WORK_MEM}'")
     rest = rows(_row_values(found[-1], segment) if found else values, sort_them=True)
     return found + rest[:limit - len(found)]
 
