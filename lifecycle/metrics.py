@@ -342,7 +342,12 @@ def _local_days(moments: pd.Series, rows_by_zone: list[tuple[str, np.ndarray]]) 
 def add_calendar_days(frame: pd.DataFrame, now: dt.datetime) -> pd.DataFrame:
     """Return ``frame`` with today's date and the first/last order and sign-up dates in each customer's zone,
     and the whole days since each (NaN where there is no such date).
+
+    A frame this function already returned for the same ``now`` (or a selection of its rows) is returned as
+    it is: fitting, scoring and classifying each ask, and a million customers take a second.
     """
+    if frame.attrs.get("calendar_days_as_of") == now and "days_since_signup" in frame:
+        return frame.copy(deep=False)
     frame = frame.copy()
     codes, zones = pd.factorize(frame["time_zone"].astype("string"))
     rows_by_zone = [(zone, np.flatnonzero(codes == code)) for code, zone in enumerate(zones)]
@@ -354,6 +359,7 @@ def add_calendar_days(frame: pd.DataFrame, now: dt.datetime) -> pd.DataFrame:
                          ("signup", "signed_up_at")):
         frame[f"{name}_local"] = _local_days(frame[column], rows_by_zone)
         frame[f"days_since_{name}"] = (frame["today_local"] - frame[f"{name}_local"]).dt.days
+    frame.attrs["calendar_days_as_of"] = now
     return frame
 
 
@@ -407,7 +413,7 @@ def fit_population(frame: pd.DataFrame, *, workspace_tz: str, now: dt.datetime, 
     buyers = frame[frame["order_count"] > 0]
     population = Population(customers=len(frame))
     if len(buyers):
-        calendar = add_calendar_days(buyers[["time_zone", "first_order_at", "last_order_at", "signed_up_at"]], now)
+        calendar = add_calendar_days(buyers, now)
         quantiles = [0.2, 0.4, 0.6, 0.8]
         population.rfm_cutpoints = {
             "recency": [float(v) for v in np.quantile(calendar["days_since_last_order"], quantiles)],

@@ -102,6 +102,7 @@ def refresh_workspace(workspace: Workspace | int, *, now: dt.datetime | None = N
             if stored is not None:
                 stored.start()  # the server reads the stored rows while this process fits and classifies
     progress(1, REFRESH_STEPS, f"Fitting the purchase model on {len(frame):,} customers")
+    frame = metrics_module.add_calendar_days(frame, now)  # once, for the fit, the scores and the stages
     population = metrics_module.fit_population(
         frame, workspace_tz=workspace.time_zone, now=now, heavy_user_share=policy.heavy_user_revenue_share)
     progress(2, REFRESH_STEPS, "Scoring and classifying customers")

@@ -91,7 +91,7 @@ def classify(metrics: pd.DataFrame, policy, now: dt.datetime, *, heavy_threshold
         if threshold is not None else False
     )
     frame["is_reinforce_due"] = (
-        (count >= 2) & (frame["stage"] != Stage.ONBOARDING.value) & (since_last < policy.reinforce_window_days)
+        (count >= 2) & (stage != Stage.ONBOARDING.value) & (since_last < policy.reinforce_window_days)
     ).fillna(False).astype(bool)
     frame["due_rewards"] = rewards.due_rewards(frame, policy.reward_rules or [], given_rewards)
     frame["is_reward_due"] = frame["due_rewards"].map(bool)
@@ -123,10 +123,10 @@ def _reasons(frame: pd.DataFrame) -> pd.Series:
     Built once per distinct combination of the numbers it shows (a few per cent of the customers), each number
     blanked (-1) where the customer's stage does not show it.
     """
-    stage = frame["stage"]
-    onboarding = (stage == Stage.ONBOARDING.value).to_numpy()
+    stage = frame["stage"].to_numpy(dtype=str)
+    onboarding = stage == Stage.ONBOARDING.value
     bought = (frame["order_count"] > 0).to_numpy()
-    rest = stage.isin([Stage.ACTIVE.value, Stage.AT_RISK.value, Stage.LAPSED.value]).to_numpy()
+    rest = np.isin(stage, [Stage.ACTIVE.value, Stage.AT_RISK.value, Stage.LAPSED.value])
 
     def shown(values, where) -> np.ndarray:
         numbers = np.round(pd.to_numeric(values).to_numpy(dtype=float, na_value=np.nan))
@@ -135,9 +135,9 @@ def _reasons(frame: pd.DataFrame) -> pd.Series:
     rhythm = rest & frame["usual_gap_days"].notna().to_numpy() & (frame["order_count"] > 1).to_numpy()
     p_alive = frame["p_alive"].to_numpy(dtype=float, na_value=np.nan)
     parts = pd.DataFrame({
-        "stage": stage.to_numpy(),
+        "stage": stage,
         "orders": np.where(onboarding & bought, frame["order_count"], np.where(onboarding, 0, -1)),
-        "since_signup": shown(frame["days_since_signup"], (stage == Stage.PROSPECT.value).to_numpy() | (onboarding & ~bought)),
+        "since_signup": shown(frame["days_since_signup"], (stage == Stage.PROSPECT.value) | (onboarding & ~bought)),
         "since_first": shown(frame["days_since_first_order"], onboarding & bought),
         "since_last": shown(frame["days_since_last_order"], rest),
         "gap": shown(frame["usual_gap_days"], rhythm),
