@@ -127,7 +127,9 @@ def due_rewards(frame: pd.DataFrame, rules: list[dict], given: pd.DataFrame | No
             since = (frame["today_local"] - dates).dt.days
             fired = (years >= 1) & (since < int(rule.get("window_days", 14))) & (frame["order_count"] > 0)
             # Every anniversary rule reads the same dates, so they share one occasion (the year).
-            rule_occasion = occasion = dates.dt.year.astype("Int64").astype("string").fillna("")
+            year_codes, years = pd.factorize(dates.dt.year.to_numpy(dtype=float, na_value=np.nan))
+            names = np.array([str(int(year)) for year in years] + [""], dtype=object)  # code -1: no date
+            rule_occasion = occasion = pd.Series(names[year_codes], index=frame.index)
         else:
             continue
         due = fired.fillna(False).to_numpy(dtype=bool, copy=True)

@@ -134,20 +134,20 @@ def _reasons(frame: pd.DataFrame) -> pd.Series:
 
     rhythm = rest & frame["usual_gap_days"].notna().to_numpy() & (frame["order_count"] > 1).to_numpy()
     p_alive = frame["p_alive"].to_numpy(dtype=float, na_value=np.nan)
-    parts = pd.DataFrame({
-        "stage": stage,
-        "orders": np.where(onboarding & bought, frame["order_count"], np.where(onboarding, 0, -1)),
-        "since_signup": shown(frame["days_since_signup"], (stage == Stage.PROSPECT.value) | (onboarding & ~bought)),
-        "since_first": shown(frame["days_since_first_order"], onboarding & bought),
-        "since_last": shown(frame["days_since_last_order"], rest),
-        "gap": shown(frame["usual_gap_days"], rhythm),
-        "p_alive": np.where(rest & ~np.isnan(p_alive), p_alive, -1.0),
-    })
-    codes = np.zeros(len(parts), dtype=np.int64)
-    for column in parts:
-        column_codes, distinct = pd.factorize(parts[column])
-        codes, _ = pd.factorize(codes * len(distinct) + column_codes)
+    parts = [
+        stage,
+        np.where(onboarding & bought, frame["order_count"], np.where(onboarding, 0, -1)),
+        shown(frame["days_since_signup"], (stage == Stage.PROSPECT.value) | (onboarding & ~bought)),
+        shown(frame["days_since_first_order"], onboarding & bought),
+        shown(frame["days_since_last_order"], rest),
+        shown(frame["usual_gap_days"], rhythm),
+        np.where(rest & ~np.isnan(p_alive), p_alive, -1.0),
+    ]
+    codes = np.zeros(len(frame), dtype=np.int64)
+    for values in parts:
+        value_codes, distinct = pd.factorize(values)
+        codes, _ = pd.factorize(codes * len(distinct) + value_codes)
     first_rows = np.unique(codes, return_index=True)[1]
-    texts = np.array([_reason(*combination)[:300] for combination in parts.iloc[first_rows].itertuples(index=False)],
+    texts = np.array([_reason(*combination)[:300] for combination in zip(*(values[first_rows] for values in parts))],
                      dtype=object)
     return pd.Series(texts[codes], index=frame.index, dtype=object)
