@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=30, help=f"Timed requests per URL (at most {MAX_REQUESTS}).")
     parser.add_argument("--deep-pages", type=int, default=20, help="How far the deep-page URLs follow 'next'.")
     parser.add_argument("--only", action="append", default=[], metavar="TEXT",
-                        help="Measure only the URLs whose label contains TEXT (repeatable; skips the deep pages).")
+                        help="Measure only the URLs whose label contains TEXT (repeatable; no deep pages).")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crm_site.settings")

@@ -5,8 +5,11 @@ the core ones (search over name, e-mail, phone and external id; consent filters;
 higher apps add theirs from their ``AppConfig.ready()`` (lifecycle registers stage, spend and last order).
 
 Pages are fetched by keyset ("seek") pagination: the next page starts after the sort key of the last row shown,
-so the 20,000th page costs what the first costs (no OFFSET). The total shown is an exact count up to a cap, then
-the planner's estimate ("about 980,000"), so a million-row workspace never pays for COUNT(*).
+so the 20,000th page costs what the first costs (no OFFSET). A filter may bring its own version of a sort, keyed
+by the table it joins (ListFilter.sorts: lifecycle sorts by the metrics row's copy of first seen), and a walk
+that may skip many rows is bounded (WalkWindow), after which the matches are sorted. The total shown is an exact
+count up to a cap, then the planner's estimate ("about 980,000"), so a million-row workspace never pays for
+COUNT(*).
 """
 
 from __future__ import annotations
@@ -484,7 +487,7 @@ def _window_end(window: WalkWindow, values: list | None, descending: bool):
 
 def _segment_rows(segment: _Segment, values: list | None, descending: bool, limit: int, few: bool) -> list:
     """Return up to ``limit`` rows of the segment after ``values`` (None: from its start) walking in
-    ``descending`` order: one query, or with a window, the rows within it, then the rest sorted (see WalkWindow)."""
+    ``descending`` order: one query; with a window, the rows within it, then the rest sorted (see WalkWindow)."""
 
     def rows(after, *, sort_them=few, within=None):
         queryset = _keyed(segment, descending, sort_them)
@@ -518,7 +521,8 @@ def _walk(segments, cursor: _Cursor | None, descending: bool, limit: int, few: b
     start = 0 if cursor is None else cursor.segment
     for index in range(start, len(segments)):
         values = cursor.values if cursor is not None and index == cursor.segment else None
-        found.extend((index, row) for row in _segment_rows(segments[index], values, descending, limit - len(found), few))
+        rows = _segment_rows(segments[index], values, descending, limit - len(found), few)
+        found.extend((index, row) for row in rows)
         if len(found) >= limit:
             break
     return found
@@ -529,7 +533,8 @@ def _walk_back(segments, cursor: _Cursor, descending: bool, limit: int, few: boo
     found = []
     for index in range(cursor.segment, -1, -1):
         values = cursor.values if index == cursor.segment else None
-        found.extend((index, row) for row in _segment_rows(segments[index], values, not descending, limit - len(found), few))
+        rows = _segment_rows(segments[index], values, not descending, limit - len(found), few)
+        found.extend((index, row) for row in rows)
         if len(found) >= limit:
             break
     return found

@@ -75,8 +75,8 @@ class CustomerMetrics(TenantModel):
             models.Index(fields=["tenant", "revenue", "customer"], name="metrics_revenue_order"),
             # With the columns the customer list reads from the row (lifecycle.listing), so that sorting the
             # customers of a last-order range by first seen reads this index alone, not every row of the range.
-            models.Index(fields=["tenant", "last_order_at", "customer"], include=["first_seen_at", "stage", "revenue"],
-                         name="metrics_last_order_order"),
+            models.Index(fields=["tenant", "last_order_at", "customer"],
+                         include=["first_seen_at", "stage", "revenue"], name="metrics_last_order_order"),
             models.Index(fields=["tenant", "stage", "last_order_at", "customer"], name="metrics_stage_last_order"),
             models.Index(fields=["tenant", "stage", "first_seen_at", "customer"], name="metrics_stage_first_seen"),
             models.Index(fields=["tenant", "revenue_cents", "customer"], name="metrics_revenue_cents"),

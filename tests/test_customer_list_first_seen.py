@@ -37,8 +37,8 @@ def shoppers(workspace, *first_seen_days_ago):
             Customer(tenant=workspace, external_id=f"C-{n}", first_name=f"Shopper{n}", last_name="Doe",
                      first_seen_at=NOW - days * DAY) for n, days in enumerate(first_seen_days_ago)])
         Order.objects.bulk_create([
-            Order(tenant=workspace, customer=person, external_id=f"O-{person.external_id}", total=Decimal("20.00"),
-                  placed_at=NOW - 10 * DAY) for person in people])
+            Order(tenant=workspace, customer=person, external_id=f"O-{person.external_id}",
+                  total=Decimal("20.00"), placed_at=NOW - 10 * DAY) for person in people])
     refresh_workspace(workspace)
     return people
 

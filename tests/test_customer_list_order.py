@@ -93,9 +93,9 @@ def test_filtered_list_pages_match_a_plain_evaluation_in_every_sort(
         """The names of each page from ``url`` following the ``rel`` link to its end, and that end's URL."""
         pages = []
         while True:
-            # The request's own queries, the count (and estimate) and the page's walks: plain, at most two queries;
-            # with a walk window, its end, the walk within it, the sort memory and the sort of the rest (twice for a
-            # "Previous" that ends on the first page). Never one per row.
+            # The request's own queries, the count (and estimate) and the page's walks: plain, at most two
+            # queries; with a walk window, its end, the walk within it, the sort memory and the sort of the rest
+            # (twice for a "Previous" that ends on the first page). Never one per row.
             with django_assert_max_num_queries(18):
                 response = marketer_client.get(url)
             page = names_in(response)
