@@ -77,7 +77,6 @@ GROUP BY time_zone
 _CUSTOMER_RECORD = np.dtype([("customer_id", ">i8"), ("signed_up_at", ">i8")])
 PG_EPOCH_MICROSECONDS = 946_684_800_000_000  # 2000-01-01, PostgreSQL's timestamp zero, in Unix microseconds
 _DAY_MICROSECONDS = 86_400_000_000
-_DAY_BITS = 21  # the low bits of a sort key: a day (since the earliest order) in 5,700 years
 
 # SQLite (the embedded default) aggregates in SQL: a window for the gaps and two small Python functions for
 # the time zones and the median.
@@ -213,9 +212,9 @@ def aggregate_orders(customers: pd.DataFrame, orders: dict[str, np.ndarray], as_
     frame = customers.reset_index(drop=True)
     ids = frame["customer_id"].to_numpy(dtype=np.int64)
     size = len(ids)
-    position = np.minimum(np.searchsorted(ids, orders["customer_id"]), max(size - 1, 0))
+    position = _positions(ids, orders["customer_id"])
     placed_at, net = orders["placed_at"], orders["net_cents"]
-    known = (ids[position] == orders["customer_id"]) if size else np.zeros(len(position), dtype=bool)
+    known = position >= 0
     if not known.all():
         position, placed_at, net = position[known], placed_at[known], net[known]
 
@@ -230,23 +229,29 @@ def aggregate_orders(customers: pd.DataFrame, orders: dict[str, np.ndarray], as_
 
     wall = pd.DatetimeIndex(placed_at.astype("datetime64[us]")).tz_localize("UTC").tz_convert(workspace_tz)
     day = wall.tz_localize(None).asi8 // _DAY_MICROSECONDS if len(placed_at) else np.zeros(0, dtype=np.int64)
-    first_day_overall = int(day.min()) if len(day) else 0
-    keys = np.sort(position << _DAY_BITS | (day - first_day_overall))
+    day -= int(day.min()) if len(day) else 0  # days since the first order of all
+    # Sort keys: the customer's position in the high bits, a day (or a gap in days) in the low ones; 32 bits
+    # when they fit (a million customers over eleven years), which numpy sorts nearly twice as fast.
+    day_bits = max(int(day.max()).bit_length() if len(day) else 0, 1)
+    key_type = np.uint32 if max(size - 1, 1).bit_length() + day_bits <= 32 else np.int64
+    day_mask = (1 << day_bits) - 1
+    keys = np.sort(position.astype(key_type) << day_bits | day.astype(key_type))
     purchase = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys  # one key per purchase day
-    purchase_customer, purchase_day = purchase >> _DAY_BITS, purchase & ((1 << _DAY_BITS) - 1)
+    purchase_customer, purchase_day = purchase >> day_bits, (purchase & day_mask).astype(np.int64)
     starts_customer = np.r_[True, purchase_customer[1:] != purchase_customer[:-1]] if len(purchase) else purchase
     ends_customer = np.r_[purchase_customer[1:] != purchase_customer[:-1], True] if len(purchase) else purchase
     first_day = np.zeros(size, dtype=np.int64)
     last_day = np.zeros(size, dtype=np.int64)
     first_day[purchase_customer[starts_customer]] = purchase_day[starts_customer]
     last_day[purchase_customer[ends_customer]] = purchase_day[ends_customer]
-    on_first_day = (day - first_day_overall) == first_day[position]
+    on_first_day = day == first_day[position]
 
-    # The gaps between consecutive purchase days of one customer, sorted per customer for the median.
+    # The gaps between consecutive purchase days of one customer, sorted per customer for the median. They come
+    # in customer order already: a merge sort (numpy's stable kind) sorts such runs several times faster.
     following = ~starts_customer[1:] if len(purchase) else np.zeros(0, dtype=bool)
     gap_customer = purchase_customer[1:][following]
-    gaps = np.sort(gap_customer << _DAY_BITS | (purchase_day[1:] - purchase_day[:-1])[following])
-    gap_values = (gaps & ((1 << _DAY_BITS) - 1)).astype(float)
+    gaps = np.sort(gap_customer << day_bits | np.diff(purchase_day)[following].astype(key_type), kind="stable")
+    gap_values = (gaps & day_mask).astype(float)
     gap_count = np.bincount(gap_customer, minlength=size)
     gap_start = np.cumsum(gap_count) - gap_count
     has_gap = gap_count > 0
@@ -267,6 +272,19 @@ def aggregate_orders(customers: pd.DataFrame, orders: dict[str, np.ndarray], as_
     frame["span_days"] = np.where(bought, last_day - first_day, 0)
     frame["usual_gap_days"] = usual_gap
     return frame[FRAME_COLUMNS]
+
+
+def _positions(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Return the position of each value in the sorted ``ids``, -1 where it is not there."""
+    if not len(ids):
+        return np.full(len(values), -1, dtype=np.int64)
+    low, high = int(ids[0]), int(ids[-1])
+    if high - low < 4 * len(ids):  # a workspace's ids are mostly one run: a lookup table beats a binary search
+        table = np.full(high - low + 1, -1, dtype=np.int64)
+        table[ids - low] = np.arange(len(ids))
+        return np.where((values >= low) & (values <= high), table[np.clip(values - low, 0, high - low)], -1)
+    position = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
+    return np.where(ids[position] == values, position, -1)
 
 
 def _moments(microseconds: np.ndarray, present: np.ndarray) -> pd.Series:
