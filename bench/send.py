@@ -18,17 +18,20 @@ What is measured, in one run, against one local aiosmtpd server (a separate proc
   with RAPPORT_SEND_PARALLELISM, 2 by default), against raw smtplib over N connections at once (N processes,
   the messages dealt out among them), so again the same number of connections on both sides.
 
+* ``--rounds R``: the recipients split over R rounds, each a fresh workspace measured as above (pipeline,
+  then raw smtplib on its messages); the totals are compared. On a shared machine whose load comes and goes
+  in bursts, both sides then sample the same stretch of time instead of one burst falling on one side.
+
 Both rates and their ratio are printed (see docs/benchmarks.md, "the ratio convention"); the target is a
 ratio of at least 0.5. The database must be PostgreSQL and migrated; the benchmark creates a workspace
 (slug ``bench-send``, replaced on every run) and deletes it afterwards unless ``--keep``.
-``--profile out.prof`` writes a cProfile of the pipeline part (read it with ``python -m pstats out.prof``).
+``--profile out.prof`` writes a cProfile of the (first round's) pipeline (read it with ``python -m pstats``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import os
 import signal
 import smtplib
@@ -295,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="RAPPORT_SEND_BATCH_SIZE (default: settings).")
     parser.add_argument("--senders", type=int, default=1,
                         help="Sender processes at once, against raw smtplib over as many connections (default 1).")
-    parser.add_argument("--keep", action="store_true", help="Keep the benchmark workspace afterwards.")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Split the recipients over this many rounds of pipeline then raw smtplib, each with a "
+                             "fresh workspace, and compare the totals (default 1).")
+    parser.add_argument("--keep", action="store_true", help="Keep the (last) benchmark workspace afterwards.")
     parser.add_argument("--profile", metavar="FILE", help="Write a cProfile of the pipeline part.")
     parser.add_argument("--serve-smtp", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -329,38 +335,56 @@ def measure(args, server: SmtpServer) -> int:
     if args.batch_size:
         settings.RAPPORT_SEND_BATCH_SIZE = args.batch_size
 
-    workspace = create_workspace(args.messages)
+    load_before = os.getloadavg()[0]
+    pipeline_seconds = pipeline_cpu = raw_seconds = raw_cpu = 0.0
+    sent = raw_sent = 0
+    round_ratios, statuses = [], {}
     try:
-        load_before = os.getloadavg()[0]
-        pipeline_seconds, pipeline_cpu, sent = run_pipeline(workspace, args.messages, args.profile, args.senders)
-        rendered = rendered_messages(workspace)
-        raw_seconds, raw_cpu = run_raw_smtplib(server.port, rendered, args.senders)
-        statuses = outbox_statuses(workspace)
+        for index, recipients in enumerate(_round_sizes(args.messages, args.rounds)):
+            workspace = create_workspace(recipients)
+            try:
+                seconds, cpu, round_sent = run_pipeline(workspace, recipients, args.profile if index == 0 else None,
+                                                        args.senders)
+                rendered = rendered_messages(workspace)
+                round_raw_seconds, round_raw_cpu = run_raw_smtplib(server.port, rendered, args.senders)
+                statuses = outbox_statuses(workspace)
+            finally:
+                if not args.keep:
+                    delete_workspace(workspace)
+            pipeline_seconds, pipeline_cpu, sent = pipeline_seconds + seconds, pipeline_cpu + cpu, sent + round_sent
+            raw_seconds, raw_cpu, raw_sent = raw_seconds + round_raw_seconds, raw_cpu + round_raw_cpu, raw_sent + len(rendered)
+            round_ratios.append((round_sent / seconds) / (len(rendered) / round_raw_seconds))
     finally:
         received, size, server_cpu = server.stop()
-        if not args.keep:
-            delete_workspace(workspace)
 
     pipeline_rate = sent / pipeline_seconds
-    raw_rate = len(rendered) / raw_seconds
+    raw_rate = raw_sent / raw_seconds
     print(f"database          {connection.settings_dict['NAME']} (PostgreSQL {connection.pg_version // 10000})")
     print(f"messages          {args.messages} recipients, batch size {settings.RAPPORT_SEND_BATCH_SIZE}, "
           f"{size / max(received, 1) / 1024:.1f} KiB per message")
     print(f"pipeline          {sent} sent in {pipeline_seconds:.2f} s = {pipeline_rate:,.0f} messages/s "
           f"(dispatch -> outbox -> claimed batches -> SMTP, {_senders(args.senders)}; "
           f"{pipeline_cpu / max(sent, 1) * 1000:.2f} ms CPU per message in the sending processes)")
-    print(f"raw smtplib       {len(rendered)} sent in {raw_seconds:.2f} s = {raw_rate:,.0f} messages/s "
+    print(f"raw smtplib       {raw_sent} sent in {raw_seconds:.2f} s = {raw_rate:,.0f} messages/s "
           f"(same messages, {_senders(args.senders, 'connection')}; "
-          f"{raw_cpu / max(len(rendered), 1) * 1000:.2f} ms CPU per message)")
+          f"{raw_cpu / max(raw_sent, 1) * 1000:.2f} ms CPU per message)")
     print(f"ratio             {pipeline_rate / raw_rate:.2f} of raw smtplib (target >= 0.50)")
-    print(f"server received   {received} messages (expected {sent + len(rendered)}), "
+    if args.rounds > 1:
+        print(f"rounds            {args.rounds}, each pipeline then raw smtplib; ratios "
+              + " ".join(f"{ratio:.2f}" for ratio in round_ratios))
+    print(f"server received   {received} messages (expected {sent + raw_sent}), "
           f"{server_cpu / max(received, 1) * 1000:.2f} ms CPU per message in the SMTP server")
     print(f"machine           {os.cpu_count()} cores, load average {load_before:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end")
-    if sent != args.messages or received != sent + len(rendered):
+    if sent != args.messages or received != sent + raw_sent:
         print(f"bench/send.py: not every message was sent and received (outbox: {statuses})", file=sys.stderr)
         return 1
     return 0
+
+
+def _round_sizes(messages: int, rounds: int) -> list[int]:
+    """Return how many recipients each round has: ``messages`` dealt out over ``rounds`` as evenly as can be."""
+    return [messages // rounds + (index < messages % rounds) for index in range(rounds)]
 
 
 def _senders(count: int, noun: str = "sender") -> str:
