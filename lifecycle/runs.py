@@ -196,15 +196,10 @@ def _delete_erased(tenant_id: int) -> None:
 
 def _per_distinct_list(values: pd.Series, render) -> pd.Series:
     """Return ``render(list)`` per row, rendering each distinct list object once (rewards.due_rewards shares them)."""
-    rendered: dict[int, str] = {}
-
-    def cached(rewards):
-        key = id(rewards)
-        if key not in rendered:
-            rendered[key] = render(rewards)
-        return rendered[key]
-
-    return values.map(cached)
+    codes, _ = pd.factorize(np.fromiter(map(id, values), dtype=np.int64, count=len(values)))
+    first_rows = np.unique(codes, return_index=True)[1]
+    rendered = np.array([render(values.iloc[row]) for row in first_rows], dtype=object)
+    return pd.Series(rendered[codes], index=values.index, dtype=object)
 
 
 def _reward_reason(rewards) -> str:
