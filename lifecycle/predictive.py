@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import optimize, special
 
 
@@ -62,9 +63,10 @@ def _fit(negative_log_likelihood, start: np.ndarray, names: tuple[str, ...], gra
 
 def _distinct_rows(*columns) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
     """Return the distinct rows of the columns and how often each occurs (the likelihood sums over them)."""
-    stacked = np.column_stack(columns)
-    distinct, counts = np.unique(stacked, axis=0, return_counts=True)
-    return tuple(distinct[:, index] for index in range(stacked.shape[1])), counts.astype(float)
+    # Counted by hashing, then sorted as np.unique(axis=0) would (which sorted 100,000 rows for a third of a second).
+    counts = pd.DataFrame(dict(enumerate(columns))).value_counts(sort=False, dropna=False).sort_index()
+    distinct = tuple(counts.index.get_level_values(level).to_numpy(dtype=float) for level in range(len(columns)))
+    return distinct, counts.to_numpy(dtype=float)
 
 
 # --- BG/NBD --------------------------------------------------------------------------------------
@@ -122,10 +124,18 @@ def _bgnbd_terms(params, x, t_x, T, with_gradient: bool = False):
     """
     r, alpha, a, b = params
     repeat = x > 0
+    # Frequencies take a few hundred values among many thousand customers: the gamma functions of (shift + x)
+    # are evaluated once per value.
+    x_values, x_position = np.unique(x, return_inverse=True)
+
+    def of_x(function, shift):
+        return function(shift + x_values)[x_position]
+
     with np.errstate(invalid="ignore", divide="ignore"):
         b_x = b + x
         b_x_1 = np.where(repeat, b_x - 1, 1.0)  # only used where x > 0
-        gammaln_r_x, gammaln_b_x, gammaln_ab_x = special.gammaln(r + x), special.gammaln(b_x), special.gammaln(a + b + x)
+        gammaln_r_x, gammaln_b_x, gammaln_ab_x = (of_x(special.gammaln, r), of_x(special.gammaln, b),
+                                                  of_x(special.gammaln, a + b))
         log_alpha_T, log_alpha_t_x = np.log(alpha + T), np.log(alpha + t_x)
         beta_ab = special.betaln(a, b)
         common = gammaln_r_x - special.gammaln(r) + r * np.log(alpha)
@@ -142,7 +152,8 @@ def _bgnbd_terms(params, x, t_x, T, with_gradient: bool = False):
             return log_likelihood, None
         share_no_dropout = np.exp(no_dropout - mixed)
         share_dropout = np.where(repeat, np.exp(dropout_after_last - mixed), 0.0)
-        digamma_r_x, digamma_b_x, digamma_ab_x = special.digamma(r + x), special.digamma(b_x), special.digamma(a + b + x)
+        digamma_r_x, digamma_b_x, digamma_ab_x = (of_x(special.digamma, r), of_x(special.digamma, b),
+                                                  of_x(special.digamma, a + b))
         digamma_a, digamma_b, digamma_ab = special.digamma(a), special.digamma(b), special.digamma(a + b)
         digamma_b_x_1 = digamma_b_x - 1.0 / b_x_1
         gradient = np.empty((len(x), 4))
