@@ -27,7 +27,7 @@ from django.db import connection
 
 from crm_site.tenancy import TENANT_SETTINGS_SQL, tenant_settings
 
-READ_CONNECTIONS = 2  # the machine's cores; PostgreSQL's own parallel workers do the same for a GROUP BY
+READ_CONNECTIONS = 2  # as many as PostgreSQL gives a parallel GROUP BY by default (max_parallel_workers_per_gather)
 PAGES_PER_STATEMENT = 8192  # 64 MB of heap per statement: a few MB of records, a bounded bytea
 
 
