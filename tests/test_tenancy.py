@@ -107,6 +107,10 @@ def test_every_tenant_table_has_forced_row_level_security_and_tenant_led_indexes
             assert cursor.fetchone() == (True, True), f"{table} lacks ENABLE + FORCE ROW LEVEL SECURITY"
             cursor.execute("SELECT count(*) FROM pg_policies WHERE tablename = %s", [table])
             assert cursor.fetchone()[0] >= 1, f"{table} has no policy"
+            # The policy reads its settings once per statement (two InitPlans), not once for every row it checks.
+            cursor.execute(f"EXPLAIN SELECT 1 FROM {connection.ops.quote_name(table)}")
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            assert plan.count("InitPlan") == 2, f"{table}'s policy reads its settings per row:\n{plan}"
             for index in model._meta.indexes:
                 assert index.fields[0] in ("tenant", "-tenant"), f"{table}.{index.name} does not lead with tenant"
             for constraint in model._meta.constraints:
