@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/lifecycle.py --workspace bench            # after bench/generate.py
 
-The refresh is ``lifecycle.runs.refresh_workspace``: the one aggregate pass, BG/NBD + Gamma-Gamma fit and
+The refresh is ``lifecycle.runs.refresh_workspace``: the one pass over the orders, BG/NBD + Gamma-Gamma fit and
 scores, stages, flags, write-back of the changed rows and their events. The baseline is the least any
 refresh must do: one aggregate of the same orders table grouped by customer, streamed to this process
 (``COPY … TO STDOUT``), inside the same tenant scope (row-level security applies to both). It is measured

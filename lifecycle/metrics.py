@@ -1,12 +1,12 @@
-"""Per-customer metrics of a workspace from one set-based aggregate query, scored in pandas.
+"""Per-customer metrics of a workspace from one set-based pass over its orders, scored in pandas.
 
 The pipeline of a refresh:
 
-1. ``load_customer_orders`` runs ONE query per workspace: the customers left-joined to their orders
-   grouped by customer (first/last order, counts, revenue net of refunds, trailing 12-month revenue,
-   and the usual inter-purchase gap: the median of the gaps between consecutive purchase days,
-   taken with ``LAG`` over the customer's orders in time order). On PostgreSQL the result streams into
-   pandas through ``COPY … TO STDOUT``.
+1. ``load_customer_orders`` reads the workspace's customers and orders once and aggregates per customer
+   (first/last order, counts, revenue net of refunds, trailing 12-month revenue, and the usual
+   inter-purchase gap: the median of the gaps between consecutive purchase days). On PostgreSQL the
+   orders stream to numpy as packed records (lifecycle.packed_reads) and numpy aggregates them; on SQLite
+   one query does it, with ``LAG`` over the customer's orders in time order.
 2. ``add_calendar_days`` turns timestamps into whole days in each customer's own time zone (an order
    at 23:30 in Los Angeles is on that day there, whatever the UTC date says).
 3. ``fit_population`` fits the buy-till-you-die models (lifecycle.predictive) on the workspace's
@@ -17,7 +17,7 @@ The pipeline of a refresh:
 
 Purchase days (not orders) are what the models count, as in the BG/NBD paper: two orders on one day
 are one purchase occasion. Day boundaries for the models and gaps are the workspace's time zone, so
-the one query needs no join on customers per order.
+the orders need no join on customers.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 touched by new orders. Both write back only the rows that changed and store every transition as a LifecycleEvent.
 
 A refresh reads in one short transaction, computes in pandas outside any transaction (so a job's progress is
-visible meanwhile), and writes in one transaction: the frame is staged in a temporary table (COPY on
-PostgreSQL), transitions are inserted as events by comparing it with the stored rows, the stored rows where any compared
-column ``IS DISTINCT FROM`` the incoming one are updated (the others are not touched), and customers without a
-row get one. A row written by another refresh after this one read its data is left alone, so a slow full
+visible meanwhile), and writes in one transaction: the rows that may have changed (on PostgreSQL, those that
+differ from the stored ones as read packed; on SQLite, all) are staged in a temporary table (COPY on
+PostgreSQL), transitions are inserted as events by comparing it with the stored rows, the stored rows where any
+compared column ``IS DISTINCT FROM`` the incoming one are updated (the others are not touched), and customers
+without a row get one. A row written by another refresh after this one read its data is left alone, so a slow full
 refresh never overwrites a newer incremental result; the advisory lock keeps two writers apart.
 """
 
