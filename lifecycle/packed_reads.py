@@ -34,8 +34,9 @@ PAGES_PER_STATEMENT = 8192  # 64 MB of heap per statement: a few MB of records, 
 def read_packed(query: str, params: dict, record: np.dtype, *, table: str, condition: str = "",
                 meanwhile=None):
     """Return the records packed by ``query`` (a SELECT of one ``string_agg(…, ''::bytea)`` over ``table``
-    with a ``{condition}`` slot, which gets ``condition`` and, when read in parallel, the page range), and the
-    result of ``meanwhile()``, run on this connection while the other connections read.
+    with a ``{condition}`` slot, which gets ``condition`` and, when read in parallel, the page range) as laid
+    out by ``record`` but in this machine's byte order, and the result of ``meanwhile()``, run on this
+    connection while the other connections read.
 
     Must run inside the workspace's tenant scope.
     """
@@ -146,5 +147,11 @@ def _fetch_packed(cursor: psycopg.Cursor, statement: str, params: dict) -> bytes
 
 
 def _records(packed: list[bytes | None], record: np.dtype) -> np.ndarray:
+    """Return the packed values' records in this machine's byte order, converted in one pass."""
     parts = [np.frombuffer(value, dtype=record) for value in packed if value]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=record)
+    records = np.empty(sum(len(part) for part in parts), dtype=record.newbyteorder("="))
+    start = 0
+    for part in parts:
+        records[start:start + len(part)] = part
+        start += len(part)
+    return records
