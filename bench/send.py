@@ -57,7 +57,8 @@ BODY = (
 
 
 def serve_smtp(port: int) -> None:
-    """Run a counting aiosmtpd server on 127.0.0.1:port until SIGTERM; then print 'received <n> <bytes> <CPU s>'."""
+    """Run a counting aiosmtpd server on 127.0.0.1:port until SIGTERM; then print
+    'received <messages> <bytes> <CPU seconds>'."""
     from aiosmtpd.controller import Controller
 
     counts = {"messages": 0, "bytes": 0}
@@ -352,7 +353,8 @@ def measure(args, server: SmtpServer) -> int:
                 if not args.keep:
                     delete_workspace(workspace)
             pipeline_seconds, pipeline_cpu, sent = pipeline_seconds + seconds, pipeline_cpu + cpu, sent + round_sent
-            raw_seconds, raw_cpu, raw_sent = raw_seconds + round_raw_seconds, raw_cpu + round_raw_cpu, raw_sent + len(rendered)
+            raw_seconds, raw_cpu = raw_seconds + round_raw_seconds, raw_cpu + round_raw_cpu
+            raw_sent += len(rendered)
             round_ratios.append((round_sent / seconds) / (len(rendered) / round_raw_seconds))
     finally:
         received, size, server_cpu = server.stop()

@@ -201,7 +201,8 @@ _CR_LINE_END = re.compile(r"\r\n?")
 
 
 def _quoted_printable(text: str) -> str:
-    """Return a text body in quoted-printable (C-coded), with LF line ends and a final one, as Django ends a part."""
+    """Return a text body in quoted-printable (C-coded), with LF line ends and a final one (as Django ends a
+    part)."""
     text = _CR_LINE_END.sub("\n", text)  # a bare CR would end a line in the written form, not in the payload
     text = text if text.endswith("\n") else text + "\n"
     return binascii.b2a_qp(text.encode(), istext=True).decode("ascii")

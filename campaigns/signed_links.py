@@ -49,7 +49,8 @@ def signed_token(value, salt: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _around_token(view_name: str, fixed: tuple, script_prefix: str, urlconf: str, site_url: str) -> tuple[str, str]:
+def _around_token(view_name: str, fixed: tuple, script_prefix: str, urlconf: str,
+                  site_url: str) -> tuple[str, str]:
     path = reverse(view_name, urlconf=urlconf, kwargs={**dict(fixed), "token": _TOKEN_MARK})
     before, _, after = path.partition(_TOKEN_MARK)
     return site_url + before, after
