@@ -24,7 +24,7 @@ from django.urls import get_script_prefix, get_urlconf, reverse
 from django.utils.encoding import force_bytes
 
 _JSON = json.JSONEncoder(separators=(",", ":"))  # django.core.signing.JSONSerializer's form
-_TOKEN_MARK = "T0KEN"
+_TOKEN_MARK = ":T0KEN:"  # URL-safe, and no slug can hold a ':'
 
 
 @functools.lru_cache(maxsize=32)
@@ -52,6 +52,8 @@ def signed_token(value, salt: str) -> str:
 def _around_token(view_name: str, fixed: tuple, script_prefix: str, urlconf: str,
                   site_url: str) -> tuple[str, str]:
     path = reverse(view_name, urlconf=urlconf, kwargs={**dict(fixed), "token": _TOKEN_MARK})
+    if path.count(_TOKEN_MARK) != 1:
+        raise ValueError(f"{view_name}: its URL does not hold the token exactly once: {path}")
     before, _, after = path.partition(_TOKEN_MARK)
     return site_url + before, after
 
