@@ -42,10 +42,7 @@ def read_packed(query: str, params: dict, record: np.dtype, *, table: str, condi
     """
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL jit = off")  # compiling these plain scans costs more than it saves
-        # Other connections cannot see what this transaction wrote (a caller's, or a test's): read here then.
-        cursor.execute("SELECT pg_current_xact_id_if_assigned() IS NULL")
-        unwritten = cursor.fetchone()[0]
-    if not unwritten or not _planned_as_sequential_scan(query.format(condition=condition), params):
+    if not can_share_snapshot() or not _planned_as_sequential_scan(query.format(condition=condition), params):
         with psycopg.Cursor(connection.connection) as cursor:
             packed = [_fetch_packed(cursor, query.format(condition=condition), params)]
         return _records(packed, record), meanwhile() if meanwhile else None
@@ -65,6 +62,17 @@ def read_packed(query: str, params: dict, record: np.dtype, *, table: str, condi
         other = meanwhile() if meanwhile else None
         packed = [part for reader in readers for part in reader.result()]
     return _records(packed, record), other
+
+
+def can_share_snapshot() -> bool:
+    """Return True when other connections can be handed this transaction's view of the database: it has
+    written nothing (a caller's or a test's writes would be invisible to them) and is not inside a savepoint
+    (PostgreSQL exports no snapshot from a subtransaction)."""
+    if any(connection.savepoint_ids):
+        return False
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id_if_assigned() IS NULL")
+        return cursor.fetchone()[0]
 
 
 class DeferredRead:

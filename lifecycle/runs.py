@@ -28,7 +28,7 @@ from crm_site.tenancy import tenant_scope
 from customers.models import Customer
 from lifecycle import metrics as metrics_module
 from lifecycle.models import CustomerMetrics, LifecyclePolicy, LifecycleRun, RewardGrant, Stage
-from lifecycle.packed_reads import DeferredRead, read_packed
+from lifecycle.packed_reads import DeferredRead, can_share_snapshot, read_packed
 from lifecycle.stages import classify
 
 log = logging.getLogger(__name__)
@@ -94,14 +94,15 @@ def refresh_workspace(workspace: Workspace | int, *, now: dt.datetime | None = N
     read_started = timezone.now()
     progress(0, REFRESH_STEPS, "Reading orders")
     with tenant_scope(workspace):
-        policy = workspace_policy()
-        stored = _deferred_stored_read(workspace.pk)
-        try:
+        stored = _deferred_stored_read(workspace.pk)  # a transaction of its own, holding the lock for a moment
+    try:
+        with tenant_scope(workspace):
+            policy = workspace_policy()
             frame = metrics_module.load_customer_orders(workspace.pk, now, workspace.time_zone)
             given = _given_rewards(None)
-        finally:
-            if stored is not None:
-                stored.start()  # the server reads the stored rows while this process fits and classifies
+    finally:
+        if stored is not None:
+            stored.start()  # the server reads the stored rows while this process fits and classifies
     progress(1, REFRESH_STEPS, f"Fitting the purchase model on {len(frame):,} customers")
     frame = metrics_module.add_calendar_days(frame, now)  # once, for the fit, the scores and the stages
     population = metrics_module.fit_population(
@@ -387,24 +388,23 @@ def _texts_hashes(staged: pd.DataFrame) -> np.ndarray:
 
 
 def _deferred_stored_read(tenant_id: int) -> DeferredRead | None:
-    """Return a read of the workspace's stored metrics rows as they are now, to run later (PostgreSQL).
+    """Return a read of the workspace's stored metrics rows as they are now, to run later (PostgreSQL); call it in
+    a transaction of its own, which holds the workspace's lifecycle lock until it ends.
 
     Only while no lifecycle write of the workspace is under way (its advisory lock is free for a moment): every
-    row written after this moment is then newer than the refresh's read, which the write-back never overwrites,
-    so comparing with these rows stages exactly what comparing at write time would. None otherwise, off
-    PostgreSQL, or when this transaction has written (another connection would not see that).
+    row a refresh writes after this moment is then newer than this refresh's read, which the write-back never
+    overwrites, so comparing with these rows stages what comparing at write time would (a reward marked given
+    at this very moment keeps its change either way). None otherwise, off PostgreSQL, or when the snapshot
+    cannot be shared (packed_reads.can_share_snapshot).
     """
-    if connection.vendor != "postgresql":
+    if connection.vendor != "postgresql" or not can_share_snapshot():
         return None
     with connection.cursor() as cursor:
-        cursor.execute("SELECT CASE WHEN pg_current_xact_id_if_assigned() IS NULL"
-                       " THEN pg_try_advisory_lock(%s, %s) ELSE FALSE END", [ADVISORY_LOCK_CLASS, tenant_id])
+        # Held until this (short) transaction ends, however it ends.
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)", [ADVISORY_LOCK_CLASS, tenant_id])
         if not cursor.fetchone()[0]:
             return None
-        try:
-            return DeferredRead(_STORED_QUERY.format(condition=""), {"tenant": tenant_id}, _STORED_RECORD)
-        finally:
-            cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [ADVISORY_LOCK_CLASS, tenant_id])
+    return DeferredRead(_STORED_QUERY.format(condition=""), {"tenant": tenant_id}, _STORED_RECORD)
 
 
 def differs_from_stored(tenant_id: int, frame: pd.DataFrame, stored: np.ndarray | None = None) -> np.ndarray:

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pandas as pd
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from crm_site.tenancy import tenant_scope
@@ -19,7 +19,7 @@ from customers.models import Customer, Order
 from lifecycle import packed_reads
 from lifecycle.metrics import load_customer_orders
 from lifecycle.models import CustomerMetrics, LifecycleEvent
-from lifecycle.runs import refresh_workspace
+from lifecycle.runs import refresh_workspace, workspace_policy
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -99,3 +99,15 @@ def test_a_second_refresh_writes_only_the_customer_whose_orders_changed(workspac
         assert CustomerMetrics.objects.filter(customer__in=steady, order_count=2).count() == 5
         assert set(LifecycleEvent.objects.filter(occurred_at__gt=first.run.finished_at)
                    .values_list("customer_id", flat=True)) <= {regular.pk}
+
+
+def test_a_refresh_inside_a_callers_transaction_reads_on_its_own_connection(workspace, reads_in_snapshot):
+    # A savepoint cannot export its snapshot: the refresh then reads everything on this connection.
+    person = history(workspace, "NESTED", 90, 60, 30)
+    with tenant_scope(workspace):
+        workspace_policy()  # created beforehand, so the refresh itself writes nothing before it reads
+    with transaction.atomic():
+        result = refresh_workspace(workspace)
+    assert (result.rows_written, reads_in_snapshot) == (1, [])
+    with tenant_scope(workspace):
+        assert CustomerMetrics.objects.get(customer=person).order_count == 3
