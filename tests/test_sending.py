@@ -330,7 +330,7 @@ def test_a_broken_template_fails_that_message_with_the_reason(smtp_sink, workspa
 
 @pytest.mark.django_db
 def test_in_one_batch_only_the_customers_whose_template_fails_go_without_the_mail(smtp_sink, workspace):
-    # The sender composes ahead while the server answers; a failure must still stay with its own customer.
+    # The sender composes a whole batch before it talks SMTP; a failure must stay with its own customer.
     buyers, others = [], []
     for index in range(8):
         customer = CustomerFactory(tenant=workspace, email=f"c{index}@example.org", email_opt_in=True)
