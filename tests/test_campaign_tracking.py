@@ -8,7 +8,7 @@ import re
 import pytest
 from django.utils import timezone
 
-from campaigns.models import Message, MessageEvent, SendingPolicy
+from campaigns.models import Message, MessageEvent
 from campaigns.outbox import dispatch_due
 from campaigns.sending import send_due
 from campaigns.webhooks import inbound_token
@@ -17,15 +17,7 @@ from crm_site.tenancy import tenant_scope
 from customers.consent import record_consent
 from customers.models import ConsentEvent, Interaction, Suppression
 from tests.factories import CampaignFactory, CampaignStepFactory, CustomerFactory
-
-
-@pytest.fixture(autouse=True)
-def _sending_at_any_hour(request):
-    """Quiet hours are on by default (21:00-08:00 in the customer's zone) and would defer every message of a
-    test run at night: the workspace of these tests has them off."""
-    if "workspace" in request.fixturenames:
-        with tenant_scope(request.getfixturevalue("workspace")):
-            SendingPolicy.objects.create(quiet_hours_enabled=False)
+from tests.test_sending import _sending_at_any_hour  # noqa: F401 - autouse: these tests may run at any hour
 
 
 @pytest.fixture
