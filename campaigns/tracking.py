@@ -1,7 +1,7 @@
 """What happened after sending: signed click redirects and open pixels, and recording events on the timeline.
 
 Links in a message point to ``/t/c/<token>/`` and the pixel to ``/t/o/<token>.gif``. The token is signed
-with the site's secret (``django.core.signing``'s format, made by campaigns.signed_links), carries the
+with the site's secret (``django.core.signing``'s format, made by crm_site.signed_links), carries the
 workspace, the message and (for clicks) the destination, so the public endpoints need no login and cannot
 be turned into an open redirect: only a URL we signed is ever redirected to.
 """
@@ -14,7 +14,7 @@ from django.core import signing
 from django.utils import timezone
 
 from campaigns.models import Message, MessageEvent
-from campaigns.signed_links import absolute_url, signed_token
+from crm_site.signed_links import absolute_url, signed_token
 from customers.models import Interaction
 
 CLICK_SALT = "rapport.campaigns.click"

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core import signing
 from django.urls import reverse
 
+from crm_site.signed_links import absolute_url, signed_token
 from customers.models import Channel, Customer
 
 SALTS = {
@@ -38,7 +39,7 @@ class InvalidLink(Exception):
 
 def make_token(purpose: str, workspace_id: int, **values) -> str:
     """Return a signed, URL-safe token for ``purpose`` carrying the workspace id and ``values``."""
-    return signing.dumps({"w": workspace_id, **values}, salt=SALTS[purpose], compress=True)
+    return signed_token({"w": workspace_id, **values}, SALTS[purpose])  # signing.dumps(…, compress=True)
 
 
 def read_token(purpose: str, token: str, workspace_id: int) -> dict:
@@ -55,8 +56,10 @@ def read_token(purpose: str, token: str, workspace_id: int) -> dict:
     return values
 
 
-def _absolute(name: str, workspace_slug: str, **kwargs) -> str:
-    return settings.SITE_URL + reverse(f"public:{name}", kwargs={"public_slug": workspace_slug, **kwargs})
+def _absolute(name: str, workspace_slug: str, token: str | None = None) -> str:
+    if token is None:
+        return settings.SITE_URL + reverse(f"public:{name}", kwargs={"public_slug": workspace_slug})
+    return absolute_url(f"public:{name}", token, public_slug=workspace_slug)
 
 
 def unsubscribe_url(customer: Customer, channel: str = Channel.EMAIL) -> str:

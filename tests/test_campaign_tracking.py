@@ -117,7 +117,7 @@ def test_signed_links_are_djangos_signing_tokens_bound_to_their_purpose(value, s
     from django.core import signing
     from django.urls import reverse
 
-    from campaigns.signed_links import absolute_url, signed_token
+    from crm_site.signed_links import absolute_url, signed_token
 
     for _attempt in range(3):  # the token carries the second it was made in
         before, token, after = (signing.dumps(value, salt="rapport.test", compress=True),
