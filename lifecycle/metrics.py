@@ -428,9 +428,12 @@ def model_inputs(frame: pd.DataFrame, workspace_tz: str, now: dt.datetime) -> pd
 
 
 def fit_population(frame: pd.DataFrame, *, workspace_tz: str, now: dt.datetime, heavy_user_share: float,
-                   min_repeat_customers: int = MIN_REPEAT_CUSTOMERS) -> Population:
+                   min_repeat_customers: int = MIN_REPEAT_CUSTOMERS, previous: Population | None = None) -> Population:
     """Return the population learnt from all customers: BG/NBD + Gamma-Gamma parameters (or why not), RFM
     quintile cut-points and the heavy-user revenue threshold.
+
+    The fits start from ``previous`` (the workspace's last full refresh) when it has fitted models: the nightly
+    refit then converges in a few steps to the same optimum instead of searching from scratch.
     """
     from lifecycle.stages import heavy_user_threshold
 
@@ -457,14 +460,16 @@ def fit_population(frame: pd.DataFrame, *, workspace_tz: str, now: dt.datetime, 
     if len(sample) > FIT_SAMPLE_SIZE:
         sample = inputs.sample(n=FIT_SAMPLE_SIZE, random_state=np.random.default_rng(20050101))
     try:
-        bgnbd = predictive.fit_bgnbd(sample["frequency"], sample["recency"], sample["T"])
+        bgnbd = predictive.fit_bgnbd(sample["frequency"], sample["recency"], sample["T"],
+                                     previous=previous.bgnbd if previous else None)
     except predictive.FitError as error:
         population.fallback_reason = f"the BG/NBD fit failed: {error}"
         return population
     population.model_kind = "bgnbd"
     population.bgnbd = bgnbd.as_dict()
     try:
-        population.gamma_gamma = predictive.fit_gamma_gamma(sample["frequency"], sample["monetary"]).as_dict()
+        population.gamma_gamma = predictive.fit_gamma_gamma(
+            sample["frequency"], sample["monetary"], previous=previous.gamma_gamma if previous else None).as_dict()
     except predictive.FitError as error:
         # Purchases are still predicted; spend per purchase falls back to the customer's average order.
         population.fallback_reason = f"spend per purchase is each customer's average order: {error}"
@@ -504,6 +509,16 @@ def rfm_segment(recency: pd.Series, frequency: pd.Series) -> pd.Series:
     return pd.Series(np.select(conditions, choices, default=""), index=recency.index)
 
 
+def _distinct_rows(*columns: pd.Series) -> tuple[list[np.ndarray], np.ndarray]:
+    """Return the distinct rows of the columns (as arrays) and, per row, the position of its distinct row."""
+    codes = np.zeros(len(columns[0]), dtype=np.int64)
+    for column in columns:  # combined one column at a time, so the codes stay below the number of rows
+        column_codes, distinct = pd.factorize(column, use_na_sentinel=False)
+        codes, _ = pd.factorize(codes * len(distinct) + column_codes)
+    first_rows = np.unique(codes, return_index=True)[1]
+    return [column.to_numpy(dtype=float)[first_rows] for column in columns], codes
+
+
 def score(frame: pd.DataFrame, population: Population, *, workspace_tz: str, now: dt.datetime,
           gross_margin_percent: float = 100.0) -> pd.DataFrame:
     """Return ``frame`` with calendar days, AOV, RFM scores and segment, historic CLV, and P(alive), expected
@@ -526,8 +541,10 @@ def score(frame: pd.DataFrame, population: Population, *, workspace_tz: str, now
     if population.model_kind == "bgnbd" and population.bgnbd:
         inputs = model_inputs(frame[buyers], workspace_tz, now)
         bgnbd = predictive.BetaGeometricNBD(**population.bgnbd)
-        p_alive = bgnbd.probability_alive(inputs["frequency"], inputs["recency"], inputs["T"])
-        expected = bgnbd.expected_purchases(HORIZON_DAYS, inputs["frequency"], inputs["recency"], inputs["T"])
+        # Evaluated once per distinct (x, t_x, T): fewer than half as many as buyers (hyp2f1 took 0.4 s on 1M).
+        distinct, rows = _distinct_rows(inputs["frequency"], inputs["recency"], inputs["T"])
+        p_alive = bgnbd.probability_alive(*distinct)[rows]
+        expected = bgnbd.expected_purchases(HORIZON_DAYS, *distinct)[rows]
         if population.gamma_gamma:
             spend = predictive.GammaGamma(**population.gamma_gamma).expected_spend(
                 inputs["frequency"], inputs["monetary"])

@@ -30,6 +30,20 @@ class FitError(ValueError):
 STATIONARY_GRADIENT = 1e-6  # per log-parameter, of the mean negative log-likelihood
 
 
+def _start(previous: dict | None, names: tuple[str, ...], cold: list[float]) -> np.ndarray:
+    """Return the log-parameters to start from: ``previous`` (a former fit's parameters by name) when they are all
+    there, finite and positive, else the ``cold`` start.
+
+    A nightly refit of a workspace whose orders barely changed starts at the optimum it is looking for, and
+    L-BFGS-B stops after a few evaluations instead of some fifty; the optimum is the same either way (the
+    likelihood has one maximum in the region both starts lie in; the CDNOW tests fit from the cold start).
+    """
+    values = [(previous or {}).get(name) for name in names]
+    if all(isinstance(value, (int, float)) and np.isfinite(value) and value > 0 for value in values):
+        return np.log(np.asarray(values, dtype=float))
+    return np.log(np.asarray(cold, dtype=float))
+
+
 def _fit(negative_log_likelihood, start: np.ndarray, names: tuple[str, ...], gradient=None) -> dict[str, float]:
     """Minimise over log-parameters (keeps them positive); return the parameters or raise FitError.
 
@@ -168,8 +182,11 @@ def _bgnbd_terms(params, x, t_x, T, with_gradient: bool = False):
     return log_likelihood, gradient
 
 
-def fit_bgnbd(frequency, recency, T) -> BetaGeometricNBD:
-    """Return BG/NBD parameters fitted by maximum likelihood; raise FitError when that fails."""
+def fit_bgnbd(frequency, recency, T, previous: dict | None = None) -> BetaGeometricNBD:
+    """Return BG/NBD parameters fitted by maximum likelihood; raise FitError when that fails.
+
+    ``previous`` (r, alpha, a, b of a former fit, e.g. the workspace's last run) is where the search starts.
+    """
     x, t_x, T = _arrays(frequency, recency, T)
     if len(x) == 0 or not np.any(x > 0):
         raise FitError("no repeat purchases to learn from")
@@ -190,7 +207,8 @@ def fit_bgnbd(frequency, recency, T) -> BetaGeometricNBD:
         value = -(weights @ per_customer) * params / total
         return np.where(np.isfinite(value), value, 0.0)
 
-    params = _fit(negative, np.log([0.5, scale / 10, 1.0, 1.0]), ("r", "alpha", "a", "b"), gradient)
+    names = ("r", "alpha", "a", "b")
+    params = _fit(negative, _start(previous, names, [0.5, scale / 10, 1.0, 1.0]), names, gradient)
     log_likelihood = float(np.dot(weights, bgnbd_log_likelihood(tuple(params.values()), x, t_x, T)))
     return BetaGeometricNBD(**params, log_likelihood=log_likelihood)
 
@@ -235,8 +253,11 @@ def gamma_gamma_log_likelihood(params, frequency, monetary_value) -> np.ndarray:
     )
 
 
-def fit_gamma_gamma(frequency, monetary_value) -> GammaGamma:
-    """Return Gamma-Gamma parameters fitted on repeat customers with positive spend; raise FitError when that fails."""
+def fit_gamma_gamma(frequency, monetary_value, previous: dict | None = None) -> GammaGamma:
+    """Return Gamma-Gamma parameters fitted on repeat customers with positive spend; raise FitError when that fails.
+
+    ``previous`` (p, q, gamma of a former fit) is where the search starts.
+    """
     x = np.asarray(frequency, dtype=float)
     m = np.asarray(monetary_value, dtype=float)
     keep = (x > 0) & np.isfinite(m) & (m > 0)
@@ -261,7 +282,8 @@ def fit_gamma_gamma(frequency, monetary_value) -> GammaGamma:
             value = -np.array([d_p.sum(), d_q.sum(), d_gamma.sum()]) * params / len(x)
         return np.where(np.isfinite(value), value, 0.0)
 
-    params = _fit(negative, np.log([1.0, 2.0, float(np.mean(m))]), ("p", "q", "gamma"), gradient)
+    names = ("p", "q", "gamma")
+    params = _fit(negative, _start(previous, names, [1.0, 2.0, float(np.mean(m))]), names, gradient)
     if params["q"] <= 1:
         raise FitError("spend is too dispersed for the Gamma-Gamma mean to exist (q <= 1)")
     log_likelihood = float(np.sum(gamma_gamma_log_likelihood(tuple(params.values()), x, m)))

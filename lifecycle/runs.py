@@ -98,6 +98,7 @@ def refresh_workspace(workspace: Workspace | int, *, now: dt.datetime | None = N
     try:
         with tenant_scope(workspace):
             policy = workspace_policy()
+            previous = _latest_population()
             frame = metrics_module.load_customer_orders(workspace.pk, now, workspace.time_zone)
             given = _given_rewards(None)
     finally:
@@ -106,7 +107,8 @@ def refresh_workspace(workspace: Workspace | int, *, now: dt.datetime | None = N
     progress(1, REFRESH_STEPS, f"Fitting the purchase model on {len(frame):,} customers")
     frame = metrics_module.add_calendar_days(frame, now)  # once, for the fit, the scores and the stages
     population = metrics_module.fit_population(
-        frame, workspace_tz=workspace.time_zone, now=now, heavy_user_share=policy.heavy_user_revenue_share)
+        frame, workspace_tz=workspace.time_zone, now=now, heavy_user_share=policy.heavy_user_revenue_share,
+        previous=previous)
     progress(2, REFRESH_STEPS, "Scoring and classifying customers")
     scored = metrics_module.score(frame, population, workspace_tz=workspace.time_zone, now=now,
                                   gross_margin_percent=policy.gross_margin_percent)
@@ -157,11 +159,8 @@ def refresh_customers(workspace: Workspace | int, customer_ids, *, now: dt.datet
     now = now or timezone.now()
     read_started = timezone.now()
     with tenant_scope(workspace):
-        latest = LifecycleRun.objects.order_by("-started_at", "-id").first()
-        if latest is None:
-            latest_population = None
-        else:
-            latest_population = metrics_module.Population.from_json(latest.population)
+        latest_population = _latest_population()
+        if latest_population is not None:
             policy = workspace_policy()
             frame = metrics_module.load_customer_orders(workspace.pk, now, workspace.time_zone, customer_ids)
             given = _given_rewards(customer_ids)
@@ -174,6 +173,12 @@ def refresh_customers(workspace: Workspace | int, customer_ids, *, now: dt.datet
     with tenant_scope(workspace):
         rows, events = write_back(workspace.pk, classified, now=now, read_started=read_started)
     return RefreshResult(len(frame), rows, events, latest_population.model_kind)
+
+
+def _latest_population() -> metrics_module.Population | None:
+    """Return the population (model and cut-offs) of the workspace's latest full refresh, None before the first."""
+    latest = LifecycleRun.objects.order_by("-started_at", "-id").only("population").first()
+    return None if latest is None else metrics_module.Population.from_json(latest.population)
 
 
 def _given_rewards(customer_ids) -> pd.DataFrame:
