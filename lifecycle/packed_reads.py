@@ -17,6 +17,7 @@ A refresh reads every order (and every stored metrics row) of a workspace. Two t
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -56,12 +57,22 @@ def read_packed(query: str, params: dict, record: np.dtype, *, table: str, condi
                   for start, end in ranges]
     reader_count = min(READ_CONNECTIONS, len(statements))
     connection_params = connection.get_connection_params()
+    received: queue.SimpleQueue = queue.SimpleQueue()
     with ThreadPoolExecutor(max_workers=reader_count) as pool:
-        readers = [pool.submit(_read_in_snapshot, connection_params, snapshot, statements[reader::reader_count],
-                               params) for reader in range(reader_count)]
+        readers = [pool.submit(_read_into, received, range(reader, len(statements), reader_count),
+                               connection_params, snapshot, statements[reader::reader_count], params)
+                   for reader in range(reader_count)]
         other = meanwhile() if meanwhile else None
-        packed = [part for reader in readers for part in reader.result()]
-    return _records(packed, record), other
+        # Each statement's records are converted as they arrive, while the server still reads the others.
+        parts = [None] * len(statements)
+        for _ in statements:
+            index, value = received.get()
+            if index is None:
+                raise value
+            parts[index] = _records([value], record)
+        for reader in readers:
+            reader.result()
+    return np.concatenate(parts), other
 
 
 def can_share_snapshot() -> bool:
@@ -127,9 +138,21 @@ def _page_ranges(pages: int) -> list[tuple[int, int | None]]:
     return [(start, None if start == starts[-1] else start + PAGES_PER_STATEMENT) for start in starts]
 
 
+def _read_into(received: queue.SimpleQueue, indexes: range, *read) -> None:
+    """Run _read_in_snapshot(*read), putting (index, packed value) of each statement on ``received`` as it
+    arrives, or (None, the error) if the read fails."""
+    try:
+        _read_in_snapshot(*read, deliver=lambda position, value: received.put((indexes[position], value)))
+    except BaseException as error:
+        received.put((None, error))
+        raise
+
+
 def _read_in_snapshot(connection_params: dict, snapshot: str, statements: list[str], params: dict,
-                      imported: threading.Event | None = None, go: threading.Event | None = None) -> list:
-    """Run the statements on a new connection inside the exported snapshot; return their packed values.
+                      imported: threading.Event | None = None, go: threading.Event | None = None,
+                      deliver=None) -> list:
+    """Run the statements on a new connection inside the exported snapshot; return their packed values (or,
+    with ``deliver``, hand each to ``deliver(position, value)`` as it arrives).
 
     With ``imported`` and ``go``: signal once the snapshot is imported, and wait for ``go`` before reading.
     """
@@ -143,7 +166,13 @@ def _read_in_snapshot(connection_params: dict, snapshot: str, statements: list[s
             if imported is not None:
                 imported.set()
                 go.wait()
-            packed = [_fetch_packed(cursor, statement, params) for statement in statements]
+            packed = []
+            for position, statement in enumerate(statements):
+                value = _fetch_packed(cursor, statement, params)
+                if deliver is None:
+                    packed.append(value)
+                else:
+                    deliver(position, value)
         raw.rollback()
     return packed
 

@@ -45,9 +45,9 @@ def reads_in_snapshot(monkeypatch):
     statements = []
     original = packed_reads._read_in_snapshot
 
-    def counted(connection_params, snapshot, batch, params, *events):
+    def counted(connection_params, snapshot, batch, params, *events, **deliver):
         statements.extend(batch)
-        return original(connection_params, snapshot, batch, params, *events)
+        return original(connection_params, snapshot, batch, params, *events, **deliver)
 
     monkeypatch.setattr(packed_reads, "_read_in_snapshot", counted)
     return statements
@@ -79,6 +79,24 @@ def test_orders_read_in_page_ranges_on_two_connections_match_one_statement(works
     assert (first.order_count, first.purchase_days, first.usual_gap_days) == (13, 13, 30.0)
     with tenant_scope(workspace):
         assert in_ranges["order_count"].sum() == Order.objects.count()
+
+
+def test_a_reader_connection_that_fails_fails_the_read_instead_of_hanging_it(workspace, monkeypatch):
+    monkeypatch.setattr(packed_reads, "PAGES_PER_STATEMENT", 1)
+    for number in range(20):
+        history(workspace, f"C{number}", *range(10 + number, 400, 30 + number))
+    original = packed_reads._fetch_packed
+    fetched = []
+
+    def lost_after_one(cursor, statement, params):
+        if "ctid" in statement and fetched:
+            raise RuntimeError("server closed the connection unexpectedly")
+        fetched.append(statement)
+        return original(cursor, statement, params)
+
+    monkeypatch.setattr(packed_reads, "_fetch_packed", lost_after_one)
+    with pytest.raises(RuntimeError, match="closed the connection"):
+        frame_read_with(workspace, timezone.now(), "enable_indexscan = off", "enable_bitmapscan = off")
 
 
 def test_a_second_refresh_writes_only_the_customer_whose_orders_changed(workspace, reads_in_snapshot):
