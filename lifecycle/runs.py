@@ -378,11 +378,7 @@ def _texts_hashes(staged: pd.DataFrame) -> np.ndarray:
     """Return the server's hash of each row's text columns, asked once per distinct combination of them."""
     texts = [staged[name].fillna("").astype(str) for name in _TEXTS]
     rewards = _per_distinct_list(staged["due_rewards"], json.dumps)
-    codes = np.zeros(len(staged), dtype=np.int64)
-    for column in [*texts, rewards]:
-        column_codes, distinct = pd.factorize(column)
-        codes, _ = pd.factorize(codes * len(distinct) + column_codes)
-    first_rows = np.unique(codes, return_index=True)[1]
+    codes, first_rows = metrics_module.distinct_rows(*texts, rewards)
     joined = ["\x1f".join(text.iloc[row] for text in texts) for row in first_rows]
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {_TEXTS_HASH.format(texts='texts', rewards='rewards::jsonb')}"
