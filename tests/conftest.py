@@ -4,6 +4,7 @@ Tests marked ``postgres`` or ``redis`` need those servers. Without them they ski
 RAPPORT_REQUIRE_SERVICES=1 (as in CI), where a missing service fails the test instead.
 """
 
+import contextlib
 import os
 import socket
 import threading
@@ -147,26 +148,36 @@ def smtp_sink(settings):
 # --- Celery worker against Redis --------------------------------------------------------------------
 
 
-@pytest.fixture
-def celery_worker(transactional_db):
-    """A real Celery worker thread consuming from Redis (RAPPORT_TEST_REDIS_URL) for the test's duration."""
+@contextlib.contextmanager
+def _redis_broker():
+    """Point Celery at an emptied Redis (RAPPORT_TEST_REDIS_URL) for the block; yields (app, Redis client)."""
     redis_url = os.environ.get("RAPPORT_TEST_REDIS_URL")
     if not redis_url:
         _missing("needs Redis: set RAPPORT_TEST_REDIS_URL=redis://…")
-    from celery.contrib.testing.worker import start_worker
-
     from crm_site.celery import app
 
     saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager", "broker_transport_options")}
     app.conf.update(broker_url=redis_url, task_always_eager=False, broker_transport_options={"visibility_timeout": 60})
     _reset_broker_pools(app)
-    queues = ["default", "lifecycle", "dispatch", "send"]
-    app.connection_for_write().default_channel.client.flushdb()
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING",
-                      queues=queues, shutdown_timeout=10):
-        yield app
-    app.conf.update(saved)
-    _reset_broker_pools(app)
+    client = app.connection_for_write().default_channel.client
+    client.flushdb()
+    try:
+        yield app, client
+    finally:
+        app.conf.update(saved)
+        _reset_broker_pools(app)
+
+
+@pytest.fixture
+def celery_worker(transactional_db):
+    """A real Celery worker thread consuming from Redis (RAPPORT_TEST_REDIS_URL) for the test's duration."""
+    from celery.contrib.testing.worker import start_worker
+
+    with _redis_broker() as (app, _client):
+        queues = ["default", "lifecycle", "dispatch", "send"]
+        with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="WARNING",
+                          queues=queues, shutdown_timeout=10):
+            yield app
 
 
 class BrokerQueues:
@@ -192,20 +203,9 @@ class BrokerQueues:
 def broker_queues():
     """Point Celery at an emptied Redis (RAPPORT_TEST_REDIS_URL) with no worker (a test may start one), and read
     what gets queued."""
-    redis_url = os.environ.get("RAPPORT_TEST_REDIS_URL")
-    if not redis_url:
-        _missing("needs Redis: set RAPPORT_TEST_REDIS_URL=redis://…")
-    from crm_site.celery import app
-
-    saved = {key: app.conf.get(key) for key in ("broker_url", "task_always_eager", "broker_transport_options")}
-    app.conf.update(broker_url=redis_url, task_always_eager=False, broker_transport_options={"visibility_timeout": 60})
-    _reset_broker_pools(app)
-    client = app.connection_for_write().default_channel.client
-    client.flushdb()
-    yield BrokerQueues(client)
-    client.flushdb()
-    app.conf.update(saved)
-    _reset_broker_pools(app)
+    with _redis_broker() as (_app, client):
+        yield BrokerQueues(client)
+        client.flushdb()
 
 
 @pytest.fixture
