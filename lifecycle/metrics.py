@@ -61,12 +61,10 @@ RFM_SEGMENT_LABELS = {
 # window (LAG) or an ordered-set aggregate (PERCENTILE_CONT) in one process only, and that took six times as
 # long as a parallel GROUP BY at 10M orders. The customers are read meanwhile, packed per time zone.
 
-# Most orders have no refund: skipping the numeric subtraction for them saves about a tenth of the server's
-# time per order (numeric arithmetic is the costliest part of the packing), with the same cents.
+# The net amount comes in cents from the order's stored generated column: numeric arithmetic per order was
+# about half of the server's time in this read.
 _PACKED_ORDERS = """
-SELECT string_agg(int8send(customer_id) || timestamptz_send(placed_at)
-                  || int8send(CASE WHEN refunded_amount = 0 THEN (total * 100)::bigint
-                                   ELSE ((total - refunded_amount) * 100)::bigint END), ''::bytea)
+SELECT string_agg(int8send(customer_id) || timestamptz_send(placed_at) || int8send(net_cents), ''::bytea)
 FROM customers_order
 WHERE tenant_id = %(tenant)s AND status IN ('placed', 'partially_refunded') AND placed_at <= %(as_of)s {condition}
 """
