@@ -16,6 +16,7 @@ Each rule may carry a ``label`` shown to marketers. A reward stays due until cam
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -98,14 +99,31 @@ def last_anniversary(first_local: pd.Series, today_local: pd.Series) -> tuple[pd
     return dates, counts
 
 
-def due_rewards(frame: pd.DataFrame, rules: list[dict], given: pd.DataFrame | None) -> pd.Series:
-    """Return per customer the list of rewards due and not yet given: [{"rule", "occasion", "label"}].
+@dataclass(frozen=True)
+class DueRewards:
+    """The rewards due per customer, as a few distinct sets: ``sets[set_of_customer[row]]`` is the row's list of
+    rewards due and not yet given ([{"rule", "occasion", "label"}]).
+    """
 
-    Customers with the same rewards due share one list object (a million customers have a handful of
-    distinct lists), so treat the lists as read-only.
+    sets: list[list[dict]]
+    set_of_customer: np.ndarray
+
+    def per_customer(self, index) -> pd.Series:
+        """Return each customer's list (customers with the same set share one list object: treat it as read-only)."""
+        lists = np.empty(len(self.sets), dtype=object)
+        lists[:] = self.sets
+        return pd.Series(lists[self.set_of_customer], index=index, dtype=object)
+
+    def any_due(self) -> np.ndarray:
+        return np.array([bool(rewards) for rewards in self.sets], dtype=bool)[self.set_of_customer]
+
+
+def due_rewards(frame: pd.DataFrame, rules: list[dict], given: pd.DataFrame | None) -> DueRewards:
+    """Return the rewards due and not yet given of each customer of ``frame``, by distinct set (a million
+    customers have a handful of distinct sets).
     """
     if not rules or frame.empty:
-        return pd.Series([[] for _ in range(len(frame))], index=frame.index, dtype="object")
+        return DueRewards([[]], np.zeros(len(frame), dtype=np.int64))
     customer_ids = frame["customer_id"].to_numpy(dtype="int64")
     due_bits = np.zeros(len(frame), dtype="int64")
     entries: list[tuple[str, str, bool]] = []  # (rule key, label, has an occasion) per bit
@@ -148,13 +166,13 @@ def due_rewards(frame: pd.DataFrame, rules: list[dict], given: pd.DataFrame | No
     occasion_codes, occasion_names = (pd.factorize(occasion.where(due_bits > 0, ""))
                                       if occasion is not None else (np.zeros(len(frame), dtype="int64"), [""]))
     combination_codes, combinations = pd.factorize(due_bits * len(occasion_names) + occasion_codes)
-    lists = np.empty(len(combinations), dtype=object)
-    for position, combination in enumerate(combinations):
+    sets = []
+    for combination in combinations:
         bits, occasion_code = divmod(int(combination), len(occasion_names))
-        lists[position] = [{"rule": key, "occasion": str(occasion_names[occasion_code]) if has_occasion else "",
-                            "label": label}
-                           for bit, (key, label, has_occasion) in enumerate(entries) if bits >> bit & 1]
-    return pd.Series(lists[combination_codes], index=frame.index, dtype="object")
+        sets.append([{"rule": key, "occasion": str(occasion_names[occasion_code]) if has_occasion else "",
+                      "label": label}
+                     for bit, (key, label, has_occasion) in enumerate(entries) if bits >> bit & 1])
+    return DueRewards(sets, combination_codes)
 
 
 def mark_reward_given(customer, rule: str, occasion: str = "", note: str = "") -> bool:

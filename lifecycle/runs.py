@@ -29,7 +29,7 @@ from customers.models import Customer
 from lifecycle import metrics as metrics_module
 from lifecycle.models import CustomerMetrics, LifecyclePolicy, LifecycleRun, RewardGrant, Stage
 from lifecycle.packed_reads import DeferredRead, can_share_snapshot, read_packed
-from lifecycle.stages import classify
+from lifecycle.stages import classify, stage_reasons
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def refresh_workspace(workspace: Workspace | int, *, now: dt.datetime | None = N
     scored = metrics_module.score(frame, population, workspace_tz=workspace.time_zone, now=now,
                                   gross_margin_percent=policy.gross_margin_percent)
     classified = classify(scored, policy, now, heavy_threshold=population.heavy_user_threshold,
-                          given_rewards=given)
+                          given_rewards=given, with_reasons=False)
     progress(3, REFRESH_STEPS, "Writing changes")
     with tenant_scope(workspace):
         rows, events = write_back(workspace.pk, classified, now=now, read_started=read_started, stored=stored)
@@ -169,7 +169,7 @@ def refresh_customers(workspace: Workspace | int, customer_ids, *, now: dt.datet
     scored = metrics_module.score(frame, latest_population, workspace_tz=workspace.time_zone, now=now,
                                   gross_margin_percent=policy.gross_margin_percent)
     classified = classify(scored, policy, now, heavy_threshold=latest_population.heavy_user_threshold,
-                          given_rewards=given)
+                          given_rewards=given, with_reasons=False)
     with tenant_scope(workspace):
         rows, events = write_back(workspace.pk, classified, now=now, read_started=read_started)
     return RefreshResult(len(frame), rows, events, latest_population.model_kind)
@@ -201,12 +201,11 @@ def _delete_erased(tenant_id: int) -> None:
 # --- Write-back ------------------------------------------------------------------------------------
 
 
-def _per_distinct_list(values: pd.Series, render) -> pd.Series:
-    """Return ``render(list)`` per row, rendering each distinct list object once (rewards.due_rewards shares them)."""
-    codes, _ = pd.factorize(np.fromiter(map(id, values), dtype=np.int64, count=len(values)))
-    first_rows = np.unique(codes, return_index=True)[1]
-    rendered = np.array([render(values.iloc[row]) for row in first_rows], dtype=object)
-    return pd.Series(rendered[codes], index=values.index, dtype=object)
+def _per_distinct_set(frame: pd.DataFrame, render) -> pd.Series:
+    """Return ``render(list of rewards due)`` per row of the classified frame, rendering each distinct set once."""
+    codes, first_rows = metrics_module.distinct_rows(frame["due_rewards_set"])
+    rendered = np.array([render(frame["due_rewards"].iloc[row]) for row in first_rows], dtype=object)
+    return pd.Series(rendered[codes], index=frame.index, dtype=object)
 
 
 def _reward_reason(rewards) -> str:
@@ -223,7 +222,7 @@ def flag_reasons(frame: pd.DataFrame, threshold_share: float | None = None) -> p
             + "; among the top customers")
     due = frame["is_reward_due"].astype(bool)
     if due.any():
-        reasons.loc[due, "reward_reason"] = _per_distinct_list(frame.loc[due, "due_rewards"], _reward_reason)
+        reasons.loc[due, "reward_reason"] = _per_distinct_set(frame.loc[due], _reward_reason)
     reinforce = frame["is_reinforce_due"].astype(bool)
     if reinforce.any():
         reasons.loc[reinforce, "reinforce_reason"] = (
@@ -233,9 +232,13 @@ def flag_reasons(frame: pd.DataFrame, threshold_share: float | None = None) -> p
 
 
 def _staging_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    if "reason" not in frame:  # a refresh words the stage reasons only for the rows it writes
+        frame = frame.assign(reason=stage_reasons(frame))
     staged = pd.concat([frame.rename(columns={"signed_up_at": "first_seen_at"}), flag_reasons(frame)], axis=1)
     staged = staged[[name for name, _ in STAGED]].copy()
-    staged["due_rewards"] = _per_distinct_list(staged["due_rewards"], json.dumps)
+    staged["due_rewards"] = _per_distinct_set(frame, json.dumps)
+    for column in _TEXTS:  # categorical in the classified frame
+        staged[column] = staged[column].astype(object)
     staged["days_since_last_order"] = staged["days_since_last_order"].astype("Int64")
     for column in ("recency_score", "frequency_score", "monetary_score"):
         staged[column] = staged[column].astype("Int64")
@@ -314,6 +317,9 @@ _NULL_INTEGER = {"timestamptz": np.iinfo(np.int64).min, "integer": np.iinfo(np.i
 _TEXTS = [name for name, kind in COMPARED if kind.startswith("varchar")]
 _TEXTS_HASH = "hashtextextended({texts}, jsonb_hash_extended({rewards}, 0))"
 _STORED_BY_ID_BELOW = 10_000  # an incremental refresh reads its customers' rows through the index
+# Numeric columns kept in cents by a stored generated column too: read as they are (numeric arithmetic is most of
+# the server's work in this read).
+_STORED_CENTS = {"revenue": "revenue_cents"}
 
 
 def _stored_field(name: str, kind: str) -> tuple[str, str]:
@@ -325,7 +331,8 @@ def _stored_field(name: str, kind: str) -> tuple[str, str]:
     if kind == "smallint":
         return f"int2send(COALESCE({name}, '{_NULL_INTEGER['smallint']}'::smallint))", ">i2"
     if kind.startswith("numeric"):
-        return f"int8send(COALESCE(({name} * 100)::bigint, '{_NULL_INTEGER['numeric']}'::bigint))", ">i8"
+        cents = _STORED_CENTS.get(name, f"({name} * 100)::bigint")
+        return f"int8send(COALESCE({cents}, '{_NULL_INTEGER['numeric']}'::bigint))", ">i8"
     if kind == "double precision":
         return f"float8send(COALESCE({name}, 'NaN'))", ">f8"
     return f"boolsend({name})", "u1"
@@ -369,21 +376,23 @@ def _incoming_records(frame: pd.DataFrame) -> np.ndarray:
             values = np.round(column.fillna(0).to_numpy(dtype=float) * 100).astype(np.int64)
         else:
             values = column.fillna(0).to_numpy(dtype=np.int64)
-        records[name] = np.where(column.isna().to_numpy(), _NULL_INTEGER[kind.split("(")[0]], values)
-    records["texts"] = _texts_hashes(staged)
+        records[name] = values
+        records[name][column.isna().to_numpy()] = _NULL_INTEGER[kind.split("(")[0]]
+    records["texts"] = _texts_hashes(frame)
     return records
 
 
-def _texts_hashes(staged: pd.DataFrame) -> np.ndarray:
+def _texts_hashes(frame: pd.DataFrame) -> np.ndarray:
     """Return the server's hash of each row's text columns, asked once per distinct combination of them."""
-    texts = [staged[name].fillna("").astype(str) for name in _TEXTS]
-    rewards = _per_distinct_list(staged["due_rewards"], json.dumps)
-    codes, first_rows = metrics_module.distinct_rows(*texts, rewards)
-    joined = ["\x1f".join(text.iloc[row] for text in texts) for row in first_rows]
+    # The text columns are categorical and the reward lists numbered by set: their codes are combined, not the texts.
+    codes, first_rows = metrics_module.distinct_rows(*(frame[name] for name in _TEXTS), frame["due_rewards_set"])
+    texts = zip(*(frame[name].iloc[first_rows].astype(object).fillna("").astype(str) for name in _TEXTS))
+    joined = ["\x1f".join(combination) for combination in texts]
+    rewards = [json.dumps(rewards) for rewards in frame["due_rewards"].iloc[first_rows]]
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {_TEXTS_HASH.format(texts='texts', rewards='rewards::jsonb')}"
                        " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS combination(texts, rewards, position)"
-                       " ORDER BY position", [joined, rewards.iloc[first_rows].tolist()])
+                       " ORDER BY position", [joined, rewards])
         hashes = np.array([value for value, in cursor.fetchall()], dtype=np.int64)
     return hashes[codes]
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lifecycle import rewards
-from lifecycle.metrics import add_calendar_days
+from lifecycle.metrics import add_calendar_days, distinct_rows
 from lifecycle.models import Stage
 
 _UNSET = object()
@@ -44,15 +44,23 @@ def heavy_user_threshold(trailing_revenue: pd.Series, share: float) -> float | N
     return float(values[min(position, len(values) - 1)])
 
 
+# The stage column is categorical (one small code per customer): comparing, grouping and hashing a million
+# stage names as Python strings took a good part of a refresh.
+STAGE_DTYPE = pd.CategoricalDtype(Stage.values)
+_STAGE_CODE = {stage: code for code, stage in enumerate(Stage.values)}
+
+
 def classify(metrics: pd.DataFrame, policy, now: dt.datetime, *, heavy_threshold=_UNSET,
-             given_rewards: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Return the metrics frame with ``stage``, ``reason``, ``is_heavy_user``, ``is_reward_due``, ``due_rewards``
-    and ``is_reinforce_due`` per customer, as of ``now``.
+             given_rewards: pd.DataFrame | None = None, with_reasons: bool = True) -> pd.DataFrame:
+    """Return the metrics frame with ``stage`` (categorical), ``reason``, ``is_heavy_user``, ``is_reward_due``,
+    ``due_rewards`` (and ``due_rewards_set``, a number per distinct set) and ``is_reinforce_due`` per customer,
+    as of ``now``.
 
     ``metrics`` needs per customer: time_zone, signed_up_at, first_order_at, last_order_at (UTC), order_count,
     revenue, trailing_revenue_12m, usual_gap_days and p_alive (NaN under rule-based metrics).
     ``heavy_threshold`` is the population's Pareto cut (computed from this frame when not given);
-    ``given_rewards`` holds the rewards already given (customer_id, rule, occasion).
+    ``given_rewards`` holds the rewards already given (customer_id, rule, occasion). Without ``with_reasons``
+    the ``reason`` column is left out: a refresh words it (stage_reasons) only for the rows it writes.
     """
     frame = add_calendar_days(metrics, now)
     count = frame["order_count"]
@@ -77,12 +85,13 @@ def classify(metrics: pd.DataFrame, policy, now: dt.datetime, *, heavy_threshold
     stage = np.select(
         [no_purchase & new_signup, no_purchase, lapsed_by_days | lapsed_by_model, onboarding,
          overdue | unlikely_alive | one_time_overdue],
-        [Stage.ONBOARDING.value, Stage.PROSPECT.value, Stage.LAPSED.value, Stage.ONBOARDING.value,
-         Stage.AT_RISK.value],
-        default=Stage.ACTIVE.value,
-    )
-    frame["stage"] = stage
-    frame["reason"] = _reasons(frame)
+        [_STAGE_CODE[name] for name in (Stage.ONBOARDING, Stage.PROSPECT, Stage.LAPSED, Stage.ONBOARDING,
+                                        Stage.AT_RISK)],
+        default=_STAGE_CODE[Stage.ACTIVE],
+    ).astype(np.int8)
+    frame["stage"] = pd.Categorical.from_codes(stage, dtype=STAGE_DTYPE)
+    if with_reasons:
+        frame["reason"] = stage_reasons(frame)
 
     threshold = heavy_user_threshold(frame["trailing_revenue_12m"], policy.heavy_user_revenue_share) \
         if heavy_threshold is _UNSET else heavy_threshold
@@ -91,10 +100,12 @@ def classify(metrics: pd.DataFrame, policy, now: dt.datetime, *, heavy_threshold
         if threshold is not None else False
     )
     frame["is_reinforce_due"] = (
-        (count >= 2) & (stage != Stage.ONBOARDING.value) & (since_last < policy.reinforce_window_days)
+        (count >= 2) & (stage != _STAGE_CODE[Stage.ONBOARDING]) & (since_last < policy.reinforce_window_days)
     ).fillna(False).astype(bool)
-    frame["due_rewards"] = rewards.due_rewards(frame, policy.reward_rules or [], given_rewards)
-    frame["is_reward_due"] = frame["due_rewards"].map(bool)
+    due = rewards.due_rewards(frame, policy.reward_rules or [], given_rewards)
+    frame["due_rewards"] = due.per_customer(frame.index)
+    frame["due_rewards_set"] = due.set_of_customer
+    frame["is_reward_due"] = due.any_due()
     return frame
 
 
@@ -117,16 +128,16 @@ def _reason(stage: str, orders: int, since_signup: int, since_first: int, since_
     return f"last order {_days(since_last)} ago{rhythm}" + (f"; P(alive) {p_alive:.2f}" if p_alive >= 0 else "")
 
 
-def _reasons(frame: pd.DataFrame) -> pd.Series:
+def stage_reasons(frame: pd.DataFrame) -> pd.Series:
     """Return the sentence behind each customer's stage, e.g. "last order 94 days ago; usual gap 30 days".
 
-    Built once per distinct combination of the numbers it shows (a few per cent of the customers), each number
-    blanked (-1) where the customer's stage does not show it.
+    ``frame`` is (a selection of) what classify returns. Built once per distinct combination of the numbers it
+    shows (a few per cent of the customers), each number blanked (-1) where the customer's stage does not show it.
     """
-    stage = frame["stage"].to_numpy(dtype=str)
-    onboarding = stage == Stage.ONBOARDING.value
+    stage = pd.Categorical(frame["stage"], dtype=STAGE_DTYPE).codes
+    onboarding = stage == _STAGE_CODE[Stage.ONBOARDING]
     bought = (frame["order_count"] > 0).to_numpy()
-    rest = np.isin(stage, [Stage.ACTIVE.value, Stage.AT_RISK.value, Stage.LAPSED.value])
+    rest = np.isin(stage, [_STAGE_CODE[Stage.ACTIVE], _STAGE_CODE[Stage.AT_RISK], _STAGE_CODE[Stage.LAPSED]])
 
     def shown(values, where) -> np.ndarray:
         numbers = np.round(pd.to_numeric(values).to_numpy(dtype=float, na_value=np.nan))
@@ -137,17 +148,14 @@ def _reasons(frame: pd.DataFrame) -> pd.Series:
     parts = [
         stage,
         np.where(onboarding & bought, frame["order_count"], np.where(onboarding, 0, -1)),
-        shown(frame["days_since_signup"], (stage == Stage.PROSPECT.value) | (onboarding & ~bought)),
+        shown(frame["days_since_signup"], (stage == _STAGE_CODE[Stage.PROSPECT]) | (onboarding & ~bought)),
         shown(frame["days_since_first_order"], onboarding & bought),
         shown(frame["days_since_last_order"], rest),
         shown(frame["usual_gap_days"], rhythm),
         np.where(rest & ~np.isnan(p_alive), p_alive, -1.0),
     ]
-    codes = np.zeros(len(frame), dtype=np.int64)
-    for values in parts:
-        value_codes, distinct = pd.factorize(values)
-        codes, _ = pd.factorize(codes * len(distinct) + value_codes)
-    first_rows = np.unique(codes, return_index=True)[1]
-    texts = np.array([_reason(*combination)[:300] for combination in zip(*(values[first_rows] for values in parts))],
+    codes, first_rows = distinct_rows(*parts)
+    combinations = zip(*(values[first_rows] for values in parts))
+    texts = np.array([_reason(Stage.values[code], *numbers)[:300] for code, *numbers in combinations],
                      dtype=object)
     return pd.Series(texts[codes], index=frame.index, dtype=object)
