@@ -5,8 +5,8 @@ The pipeline of a refresh:
 1. ``load_customer_orders`` reads the workspace's customers and orders once and aggregates per customer
    (first/last order, counts, revenue net of refunds, trailing 12-month revenue, and the usual
    inter-purchase gap: the median of the gaps between consecutive purchase days). On PostgreSQL the
-   orders stream to numpy as packed records (lifecycle.packed_reads) and numpy aggregates them; on SQLite
-   one query does it, with ``LAG`` over the customer's orders in time order.
+   orders stream to numpy as packed records in parts (lifecycle.packed_reads), and ``OrderTotals`` adds up
+   each part as it arrives; on SQLite one query does it, with ``LAG`` over the customer's orders in time order.
 2. ``add_calendar_days`` turns timestamps into whole days in each customer's own time zone (an order
    at 23:30 in Los Angeles is on that day there, whatever the UTC date says).
 3. ``fit_population`` fits the buy-till-you-die models (lifecycle.predictive) on the workspace's
@@ -33,7 +33,7 @@ import psycopg
 from django.db import connection
 
 from lifecycle import predictive
-from lifecycle.packed_reads import read_packed
+from lifecycle.packed_reads import packed_parts
 
 MIN_REPEAT_CUSTOMERS = 200
 FIT_SAMPLE_SIZE = 100_000  # the population parameters are as precise from a 100k sample, and 10x faster to fit
@@ -59,7 +59,8 @@ RFM_SEGMENT_LABELS = {
 # On PostgreSQL the orders of the workspace stream to numpy (lifecycle.packed_reads: 24-byte records, page
 # ranges read on two connections sharing one snapshot), which aggregates them per customer: PostgreSQL runs a
 # window (LAG) or an ordered-set aggregate (PERCENTILE_CONT) in one process only, and that took six times as
-# long as a parallel GROUP BY at 10M orders. The customers are read meanwhile, packed per time zone.
+# long as a parallel GROUP BY at 10M orders. The customers are read first, packed per time zone, on this
+# connection; each part of the orders is then added up while the server reads the next ones.
 
 # The net amount comes in cents from the order's stored generated column: numeric arithmetic per order was
 # about half of the server's time in this read.
@@ -127,14 +128,17 @@ FRAME_COLUMNS = [
 ]
 
 
-def load_customer_orders(tenant_id: int, as_of: dt.datetime, workspace_tz: str, customer_ids=None) -> pd.DataFrame:
+def load_customer_orders(tenant_id: int, as_of: dt.datetime, workspace_tz: str, customer_ids=None, *,
+                         after_reading=None) -> pd.DataFrame:
     """Return one row per (non-erased) customer of the workspace with their order aggregates as of ``as_of``:
     first/last order, counts, revenue net of refunds, trailing 12-month revenue and orders, purchase days
     (distinct days in the workspace's zone), revenue after the first purchase day, the span between the first
     and last purchase day, and the usual gap (the median of the gaps between consecutive purchase days).
 
     Customers without orders have zero counts and no dates. ``time_zone`` is the customer's own zone,
-    or the workspace's when blank or unknown. Must run inside the workspace's tenant scope.
+    or the workspace's when blank or unknown. ``after_reading()``, if given, is called as soon as the server has
+    sent the orders, so that other work can start there while this process adds them up. Must run inside the
+    workspace's tenant scope.
     """
     params = {
         "tenant": tenant_id,
@@ -146,9 +150,11 @@ def load_customer_orders(tenant_id: int, as_of: dt.datetime, workspace_tz: str, 
         customer_ids = sorted({int(pk) for pk in customer_ids})
     connection.ensure_connection()
     if connection.vendor == "postgresql":
-        frame = _postgres_frame(params, customer_ids)
+        frame = _postgres_frame(params, customer_ids, after_reading)
     else:
         frame = _sqlite_frame(params, customer_ids)
+        if after_reading is not None:
+            after_reading()
     return _typed(frame, workspace_tz)
 
 
@@ -164,20 +170,20 @@ def _sqlite_frame(params: dict, customer_ids) -> pd.DataFrame:
         return pd.DataFrame(cursor.fetchall(), columns=FRAME_COLUMNS)
 
 
-def _postgres_frame(params: dict, customer_ids) -> pd.DataFrame:
+def _postgres_frame(params: dict, customer_ids, after_reading) -> pd.DataFrame:
     condition = ""
     if customer_ids is not None:
         params = {**params, "customer_ids": customer_ids}
         condition = "AND {column} = ANY(%(customer_ids)s)"
-    orders, customers = read_packed(_PACKED_ORDERS, params, _ORDER_RECORD, table="customers_order",
-                                    condition=condition.format(column="customer_id"),
-                                    meanwhile=lambda: _read_customers(params, condition.format(column="id")))
-    orders = {
-        "customer_id": orders["customer_id"].astype(np.int64),
-        "placed_at": orders["placed_at"].astype(np.int64) + PG_EPOCH_MICROSECONDS,  # Unix microseconds
-        "net_cents": orders["net_cents"].astype(np.int64),
-    }
-    return aggregate_orders(customers, orders, params["as_of"], params["year_ago"], params["tz"])
+    with packed_parts(_PACKED_ORDERS, params, _ORDER_RECORD, table="customers_order",
+                      condition=condition.format(column="customer_id"), when_read=after_reading) as parts:
+        # This connection reads the customers while the others read the orders; each part of the orders is
+        # then added up as it arrives, while the server reads the next.
+        totals = OrderTotals(_read_customers(params, condition.format(column="id")), params["year_ago"],
+                             params["tz"])
+        for part in parts:
+            totals.add(part)
+    return totals.frame()
 
 
 def _read_customers(params: dict, condition: str) -> pd.DataFrame:
@@ -202,91 +208,153 @@ def _unix_microseconds(moment: dt.datetime) -> int:
     return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
 
 
-def aggregate_orders(customers: pd.DataFrame, orders: dict[str, np.ndarray], as_of: dt.datetime,
-                     year_ago: dt.datetime, workspace_tz: str) -> pd.DataFrame:
-    """Return ``customers`` (sorted by id) with the FRAME_COLUMNS aggregates of their ``orders`` (arrays of
-    customer id, placed_at in Unix microseconds and net amount in cents); orders of other customers are ignored.
+_NEVER, _EVER = np.iinfo(np.int64).max, np.iinfo(np.int64).min
 
-    Purchase days are calendar days in ``workspace_tz``; sorting one key per order (the customer's position,
-    then the day) gives each customer's purchase days in order, and the gaps between them.
+
+class OrderTotals:
+    """The FRAME_COLUMNS aggregates of a workspace's customers, from their orders added part by part (arrays of
+    ``_ORDER_RECORD`` records in this machine's byte order: customer id, placed_at in PostgreSQL microseconds,
+    net amount in cents), in any order and any split; orders of other customers are ignored.
+
+    Counts, sums (in integer cents), first and last order and the revenue of the first purchase day are kept per
+    customer as parts arrive; each order's customer position and purchase day (a calendar day in the
+    workspace's zone) are kept for the end, where sorting one key per order (position, then day) gives each
+    customer's purchase days in order, and the gaps between them.
     """
-    frame = customers.reset_index(drop=True)
-    ids = frame["customer_id"].to_numpy(dtype=np.int64)
-    size = len(ids)
-    position = _positions(ids, orders["customer_id"])
-    placed_at, net = orders["placed_at"], orders["net_cents"]
-    known = position >= 0
-    if not known.all():
-        position, placed_at, net = position[known], placed_at[known], net[known]
 
-    order_count = np.bincount(position, minlength=size)
-    revenue = np.bincount(position, weights=net, minlength=size)
-    recent = placed_at > _unix_microseconds(year_ago)
-    first_order, last_order = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
-    # Several times faster here than np.minimum.at, and a Series grouped in order of appearance (sort=False)
-    # four times faster again than a sorted DataFrame groupby: 0.25 s for 10M orders.
-    span = pd.Series(placed_at).groupby(position, sort=False).agg(["min", "max"])
-    first_order[span.index] = span["min"].to_numpy()
-    last_order[span.index] = span["max"].to_numpy()
+    def __init__(self, customers: pd.DataFrame, year_ago: dt.datetime, workspace_tz: str):
+        self.customers = customers.reset_index(drop=True)
+        self.workspace_tz = workspace_tz
+        self._year_ago = _unix_microseconds(year_ago) - PG_EPOCH_MICROSECONDS
+        self._position_of = position_lookup(self.customers["customer_id"].to_numpy(dtype=np.int64))
+        size = len(self.customers)
+        self.order_count, self.revenue_cents = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+        self.orders_12m, self.trailing_cents = np.zeros(size, dtype=np.int64), np.zeros(size, dtype=np.int64)
+        self.first_order, self.last_order = np.full(size, _NEVER), np.full(size, _EVER)
+        self.first_day, self.first_day_cents = np.full(size, _NEVER), np.zeros(size, dtype=np.int64)
+        self._part_first_day, self._part_first_day_cents = np.empty(size, dtype=np.int64), np.empty(size, np.int64)
+        self._positions: list[np.ndarray] = []
+        self._days: list[np.ndarray] = []
 
-    wall = pd.DatetimeIndex(placed_at.astype("datetime64[us]")).tz_localize("UTC").tz_convert(workspace_tz)
-    day = wall.tz_localize(None).asi8 // _DAY_MICROSECONDS if len(placed_at) else np.zeros(0, dtype=np.int64)
-    day -= int(day.min()) if len(day) else 0  # days since the first order of all
-    # Sort keys: the customer's position in the high bits, a day (or a gap in days) in the low ones; 32 bits
-    # when they fit (a million customers over eleven years), which numpy sorts nearly twice as fast.
-    day_bits = max(int(day.max()).bit_length() if len(day) else 0, 1)
-    key_type = np.uint32 if max(size - 1, 1).bit_length() + day_bits <= 32 else np.int64
-    day_mask = (1 << day_bits) - 1
-    keys = np.sort(position.astype(key_type) << day_bits | day.astype(key_type))
-    purchase = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys  # one key per purchase day
-    purchase_customer, purchase_day = purchase >> day_bits, (purchase & day_mask).astype(np.int64)
-    starts_customer = np.r_[True, purchase_customer[1:] != purchase_customer[:-1]] if len(purchase) else purchase
-    ends_customer = np.r_[purchase_customer[1:] != purchase_customer[:-1], True] if len(purchase) else purchase
-    first_day = np.zeros(size, dtype=np.int64)
-    last_day = np.zeros(size, dtype=np.int64)
-    first_day[purchase_customer[starts_customer]] = purchase_day[starts_customer]
-    last_day[purchase_customer[ends_customer]] = purchase_day[ends_customer]
-    on_first_day = day == first_day[position]
+    def add(self, orders: np.ndarray) -> None:
+        """Add a part of the orders."""
+        # Contiguous copies of the fields: ufunc.at takes a fast path only on contiguous arrays (ten times faster).
+        placed_at, net = np.ascontiguousarray(orders["placed_at"]), np.ascontiguousarray(orders["net_cents"])
+        position = self._position_of(orders["customer_id"])
+        known = position >= 0
+        if not known.all():
+            position, placed_at, net = position[known], placed_at[known], net[known]
+        np.add.at(self.order_count, position, 1)
+        np.add.at(self.revenue_cents, position, net)
+        recent = placed_at > self._year_ago
+        np.add.at(self.orders_12m, position[recent], 1)
+        np.add.at(self.trailing_cents, position[recent], net[recent])
+        np.minimum.at(self.first_order, position, placed_at)
+        np.maximum.at(self.last_order, position, placed_at)
+        day = _local_day_numbers(placed_at, self.workspace_tz)
+        # The first purchase day and its revenue in this part, merged into the ones of the parts before.
+        part_first, part_cents = self._part_first_day, self._part_first_day_cents
+        part_first.fill(_NEVER)
+        part_cents.fill(0)
+        np.minimum.at(part_first, position, day)
+        on_first = day == part_first[position]
+        np.add.at(part_cents, position[on_first], net[on_first])
+        self.first_day_cents = np.where(part_first < self.first_day, part_cents,
+                                        self.first_day_cents + np.where(part_first == self.first_day, part_cents, 0))
+        np.minimum(self.first_day, part_first, out=self.first_day)
+        self._positions.append(position.astype(np.int32))
+        self._days.append(day.astype(np.int32))
 
-    # The gaps between consecutive purchase days of one customer, sorted per customer for the median. They come
-    # in customer order already: a merge sort (numpy's stable kind) sorts such runs several times faster.
-    following = ~starts_customer[1:] if len(purchase) else np.zeros(0, dtype=bool)
-    gap_customer = purchase_customer[1:][following]
-    gaps = np.sort(gap_customer << day_bits | np.diff(purchase_day)[following].astype(key_type), kind="stable")
-    gap_values = (gaps & day_mask).astype(float)
-    gap_count = np.bincount(gap_customer, minlength=size)
-    gap_start = np.cumsum(gap_count) - gap_count
-    has_gap = gap_count > 0
-    usual_gap = np.full(size, np.nan)
-    lower = gap_start[has_gap] + (gap_count[has_gap] - 1) // 2
-    upper = gap_start[has_gap] + gap_count[has_gap] // 2
-    usual_gap[has_gap] = (gap_values[lower] + gap_values[upper]) / 2  # PERCENTILE_CONT(0.5)
+    def frame(self) -> pd.DataFrame:
+        """Return the customers (sorted by id) with the FRAME_COLUMNS aggregates of the orders added."""
+        frame = self.customers
+        size = len(frame)
+        keys, day_bits = self._purchase_keys()
+        keys.sort()
+        # One key per purchase day; within a customer, consecutive keys differ by the gap in days.
+        purchase = keys[np.r_[True, keys[1:] != keys[:-1]]] if len(keys) else keys
+        del keys
+        customer = purchase >> purchase.dtype.type(day_bits)
+        same_customer = customer[1:] == customer[:-1]
+        starts = np.flatnonzero(np.r_[True, ~same_customer]) if len(purchase) else np.zeros(0, dtype=np.intp)
+        ends = np.r_[starts[1:] - 1, len(purchase) - 1] if len(starts) else starts
+        buyer = customer[starts].astype(np.intp)  # the customers with a purchase, in order
+        day_mask = purchase.dtype.type((1 << day_bits) - 1)
+        purchase_days = np.zeros(size, dtype=np.int64)
+        purchase_days[buyer] = ends - starts + 1
+        span_days = np.zeros(size, dtype=np.int64)
+        span_days[buyer] = (purchase[ends] & day_mask).astype(np.int64) - (purchase[starts] & day_mask)
 
-    bought = order_count > 0
-    frame["first_order_at"] = _moments(first_order, bought)
-    frame["last_order_at"] = _moments(last_order, bought)
-    frame["order_count"] = order_count
-    frame["purchase_days"] = np.bincount(purchase_customer, minlength=size)
-    frame["revenue"] = revenue / 100
-    frame["trailing_revenue_12m"] = np.bincount(position, weights=np.where(recent, net, 0), minlength=size) / 100
-    frame["orders_12m"] = np.bincount(position, weights=recent, minlength=size).astype(np.int64)
-    frame["repeat_revenue"] = np.bincount(position, weights=np.where(on_first_day, 0, net), minlength=size) / 100
-    frame["span_days"] = np.where(bought, last_day - first_day, 0)
-    frame["usual_gap_days"] = usual_gap
-    return frame[FRAME_COLUMNS]
+        # The gaps between consecutive purchase days of each customer, sorted within the customer for the median.
+        # They come in customer order already: a merge sort (numpy's stable kind) sorts such runs several times
+        # faster.
+        gaps = np.diff(purchase)[same_customer]
+        gaps |= customer[1:][same_customer] << purchase.dtype.type(day_bits)
+        del purchase, customer, same_customer
+        gaps.sort(kind="stable")
+        gap_values = (gaps & day_mask).astype(float)
+        gap_count = purchase_days[buyer] - 1
+        gap_start = np.cumsum(gap_count) - gap_count
+        has_gap = gap_count > 0
+        usual_gap = np.full(size, np.nan)
+        lower = gap_start[has_gap] + (gap_count[has_gap] - 1) // 2
+        upper = gap_start[has_gap] + gap_count[has_gap] // 2
+        usual_gap[buyer[has_gap]] = (gap_values[lower] + gap_values[upper]) / 2  # PERCENTILE_CONT(0.5)
+
+        bought = self.order_count > 0
+        frame["first_order_at"] = _moments(np.where(bought, self.first_order, 0) + PG_EPOCH_MICROSECONDS, bought)
+        frame["last_order_at"] = _moments(np.where(bought, self.last_order, 0) + PG_EPOCH_MICROSECONDS, bought)
+        frame["order_count"] = self.order_count
+        frame["purchase_days"] = purchase_days
+        frame["revenue"] = self.revenue_cents / 100
+        frame["trailing_revenue_12m"] = self.trailing_cents / 100
+        frame["orders_12m"] = self.orders_12m
+        frame["repeat_revenue"] = (self.revenue_cents - self.first_day_cents) / 100
+        frame["span_days"] = span_days
+        frame["usual_gap_days"] = usual_gap
+        return frame[FRAME_COLUMNS]
+
+    def _purchase_keys(self) -> tuple[np.ndarray, int]:
+        """Return one key per order, the customer's position in the high bits and the day (since the first order
+        of all) in the low ``day_bits``: 32 bits when they fit (a million customers over eleven years), which
+        numpy sorts nearly twice as fast. Built part by part, without concatenating positions and days."""
+        first_day = min((int(days.min()) for days in self._days if len(days)), default=0)
+        last_day = max((int(days.max()) for days in self._days if len(days)), default=0)
+        day_bits = max((last_day - first_day).bit_length(), 1)
+        key_type = np.uint32 if max(len(self.customers) - 1, 1).bit_length() + day_bits <= 32 else np.uint64
+        keys = np.empty(sum(len(days) for days in self._days), dtype=key_type)
+        start = 0
+        for position, days in zip(self._positions, self._days):
+            part = keys[start:start + len(days)]
+            np.left_shift(position, day_bits, out=part, dtype=key_type, casting="unsafe")
+            part |= (days - first_day).astype(key_type)
+            start += len(days)
+        self._positions, self._days = [], []
+        return keys, day_bits
 
 
-def _positions(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Return the position of each value in the sorted ``ids``, -1 where it is not there."""
+def _local_day_numbers(pg_microseconds: np.ndarray, zone: str) -> np.ndarray:
+    """Return the calendar day (days since 1970-01-01) in ``zone`` of each moment, given in PostgreSQL microseconds."""
+    unix = (pg_microseconds + PG_EPOCH_MICROSECONDS).view("datetime64[us]")
+    wall = pd.DatetimeIndex(unix).tz_localize("UTC").tz_convert(zone).tz_localize(None)
+    return wall.asi8 // _DAY_MICROSECONDS
+
+
+def position_lookup(ids: np.ndarray):
+    """Return a function giving the position of each value in the sorted ``ids``, -1 where it is not there."""
     if not len(ids):
-        return np.full(len(values), -1, dtype=np.int64)
+        return lambda values: np.full(len(values), -1, dtype=np.intp)
     low, high = int(ids[0]), int(ids[-1])
     if high - low < 4 * len(ids):  # a workspace's ids are mostly one run: a lookup table beats a binary search
-        table = np.full(high - low + 1, -1, dtype=np.int64)
-        table[ids - low] = np.arange(len(ids))
-        return np.where((values >= low) & (values <= high), table[np.clip(values - low, 0, high - low)], -1)
-    position = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
-    return np.where(ids[position] == values, position, -1)
+        # Padded with a -1 on each side, for the values below and above the ids (``take`` clips to them).
+        table = np.full(high - low + 3, -1, dtype=np.intp)
+        table[ids - low + 1] = np.arange(len(ids))
+        return lambda values: np.take(table, values - (low - 1), mode="clip")
+
+    def search(values):
+        position = np.minimum(np.searchsorted(ids, values), len(ids) - 1)
+        return np.where(ids[position] == values, position, -1)
+    return search
 
 
 def _moments(microseconds: np.ndarray, present: np.ndarray) -> pd.Series:

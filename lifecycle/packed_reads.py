@@ -16,6 +16,7 @@ A refresh reads every order (and every stored metrics row) of a workspace. Two t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -32,12 +33,14 @@ READ_CONNECTIONS = 2  # as many as PostgreSQL gives a parallel GROUP BY by defau
 PAGES_PER_STATEMENT = 8192  # 64 MB of heap per statement: a few MB of records, a bounded bytea
 
 
-def read_packed(query: str, params: dict, record: np.dtype, *, table: str, condition: str = "",
-                meanwhile=None):
-    """Return the records packed by ``query`` (a SELECT of one ``string_agg(…, ''::bytea)`` over ``table``
-    with a ``{condition}`` slot, which gets ``condition`` and, when read in parallel, the page range) as laid
-    out by ``record`` but in this machine's byte order, and the result of ``meanwhile()``, run on this
-    connection while the other connections read.
+@contextlib.contextmanager
+def packed_parts(query: str, params: dict, record: np.dtype, *, table: str, condition: str = "", when_read=None):
+    """Start reading the records packed by ``query`` (a SELECT of one ``string_agg(…, ''::bytea)`` over ``table``
+    with a ``{condition}`` slot, which gets ``condition`` and, when read in parallel, the page range) and give an
+    iterator of its parts: arrays of records laid out as ``record`` but in this machine's byte order, in the
+    order they arrive. Each part can be used while the server still reads the others; the body of the ``with``
+    may meanwhile use this connection (the parts are read on other connections, or before the body starts).
+    ``when_read()``, if given, is called as soon as the server has sent the last part.
 
     Must run inside the workspace's tenant scope.
     """
@@ -45,8 +48,11 @@ def read_packed(query: str, params: dict, record: np.dtype, *, table: str, condi
         cursor.execute("SET LOCAL jit = off")  # compiling these plain scans costs more than it saves
     if not can_share_snapshot() or not _planned_as_sequential_scan(query.format(condition=condition), params):
         with psycopg.Cursor(connection.connection) as cursor:
-            packed = [_fetch_packed(cursor, query.format(condition=condition), params)]
-        return _records(packed, record), meanwhile() if meanwhile else None
+            packed = _fetch_packed(cursor, query.format(condition=condition), params)
+        if when_read is not None:
+            when_read()
+        yield iter([_records([packed], record)])
+        return
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_export_snapshot(), pg_relation_size(%s) / current_setting('block_size')::int",
                        [table])
@@ -58,21 +64,30 @@ def read_packed(query: str, params: dict, record: np.dtype, *, table: str, condi
     reader_count = min(READ_CONNECTIONS, len(statements))
     connection_params = connection.get_connection_params()
     received: queue.SimpleQueue = queue.SimpleQueue()
+
+    def arriving():
+        for count in range(1, len(statements) + 1):
+            index, value = received.get()
+            if index is None:
+                raise value
+            if count == len(statements) and when_read is not None:
+                when_read()
+            yield _records([value], record)
+
     with ThreadPoolExecutor(max_workers=reader_count) as pool:
         readers = [pool.submit(_read_into, received, range(reader, len(statements), reader_count),
                                connection_params, snapshot, statements[reader::reader_count], params)
                    for reader in range(reader_count)]
-        other = meanwhile() if meanwhile else None
-        # Each statement's records are converted as they arrive, while the server still reads the others.
-        parts = [None] * len(statements)
-        for _ in statements:
-            index, value = received.get()
-            if index is None:
-                raise value
-            parts[index] = _records([value], record)
+        yield arriving()
         for reader in readers:
             reader.result()
-    return np.concatenate(parts), other
+
+
+def read_packed(query: str, params: dict, record: np.dtype, *, table: str, condition: str = "") -> np.ndarray:
+    """Return all the records of ``query`` (as packed_parts reads them), in this machine's byte order."""
+    with packed_parts(query, params, record, table=table, condition=condition) as parts:
+        arrived = list(parts)
+    return np.concatenate(arrived) if arrived else np.empty(0, dtype=record.newbyteorder("="))
 
 
 def can_share_snapshot() -> bool:

@@ -99,11 +99,14 @@ def refresh_workspace(workspace: Workspace | int, *, now: dt.datetime | None = N
         with tenant_scope(workspace):
             policy = workspace_policy()
             previous = _latest_population()
-            frame = metrics_module.load_customer_orders(workspace.pk, now, workspace.time_zone)
             given = _given_rewards(None)
+            # The server reads the stored rows as soon as the orders are read, while this process aggregates,
+            # fits and classifies.
+            frame = metrics_module.load_customer_orders(workspace.pk, now, workspace.time_zone,
+                                                        after_reading=stored.start if stored else None)
     finally:
         if stored is not None:
-            stored.start()  # the server reads the stored rows while this process fits and classifies
+            stored.start()  # whatever happened, or its thread keeps its connection open
     progress(1, REFRESH_STEPS, f"Fitting the purchase model on {len(frame):,} customers")
     frame = metrics_module.add_calendar_days(frame, now)  # once, for the fit, the scores and the stages
     population = metrics_module.fit_population(
@@ -428,18 +431,26 @@ def differs_from_stored(tenant_id: int, frame: pd.DataFrame, stored: np.ndarray 
         if len(frame) < _STORED_BY_ID_BELOW:
             params["customer_ids"] = incoming["customer_id"].tolist()
             condition = "AND customer_id = ANY(%(customer_ids)s)"
-        stored, _ = read_packed(_STORED_QUERY, params, _STORED_RECORD, table="lifecycle_customermetrics",
-                                condition=condition)
+        stored = read_packed(_STORED_QUERY, params, _STORED_RECORD, table="lifecycle_customermetrics",
+                             condition=condition)
     if not len(stored):
         return np.ones(len(frame), dtype=bool)
-    stored_ids = stored["customer_id"].astype(np.int64)
-    by_id = np.argsort(stored_ids, kind="stable")  # stored in nearly id order: runs merge fast
-    position = np.minimum(np.searchsorted(stored_ids, incoming["customer_id"], sorter=by_id), len(by_id) - 1)
-    # Whole records compared byte for byte (one gather and one comparison instead of one per column); NaN is the
-    # one value with several encodings, and both sides hold the canonical one (_incoming_records, float8send).
-    old = stored[by_id[position]].view(np.uint8).reshape(len(incoming), -1)
-    new = incoming.astype(stored.dtype).view(np.uint8).reshape(len(incoming), -1)
-    return (old != new).any(axis=1)
+    # Each stored row's place among the incoming rows (in customer order, as the frame comes) by a lookup table.
+    incoming_ids = incoming["customer_id"]
+    by_id = None if (incoming_ids[1:] > incoming_ids[:-1]).all() else np.argsort(incoming_ids)
+    place = metrics_module.position_lookup(incoming_ids if by_id is None else incoming_ids[by_id])(
+        stored["customer_id"])
+    known = place >= 0
+    place = place[known] if by_id is None else by_id[place[known]]
+    # Whole records compared byte for byte, as opaque values of the record's size (one scatter and one comparison
+    # instead of one per column); NaN is the one value with several encodings, and both sides hold the canonical
+    # one (_incoming_records, float8send).
+    whole = np.dtype((np.void, stored.dtype.itemsize))
+    stored_here = np.zeros(len(incoming), dtype=whole)
+    stored_here[place] = stored.view(whole)[known]
+    has_stored = np.zeros(len(incoming), dtype=bool)
+    has_stored[place] = True
+    return ~has_stored | (stored_here != incoming.astype(stored.dtype, copy=False).view(whole))
 
 
 def _copy_in(staged: pd.DataFrame) -> None:
