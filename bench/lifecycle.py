@@ -9,8 +9,14 @@ refresh must do: one aggregate of the same orders table grouped by customer, str
 (``COPY … TO STDOUT``), inside the same tenant scope (row-level security applies to both). It is measured
 in the same run, before and after the refreshes; the ratio uses the median baseline.
 
+The nightly refresh is the case the target is about: the metrics are there and few customers changed since the
+last run, so few rows are written. ``--refreshes N`` runs N of them in a row (a baseline before, between and
+after), and the script exits 0 when the slowest is within TARGET_RATIO of the median baseline.
+
 ``--reset`` first deletes the workspace's metrics, lifecycle events and runs, so the first refresh writes
-every customer (the cold case); the second refresh right after shows the cost when few rows change.
+every customer and records every first stage and flag as an event (the cold case, once per workspace: it is
+bounded by writing those rows with their indexes and foreign keys, and is reported, not judged); the refreshes
+after it are nightly ones.
 """
 
 from __future__ import annotations
@@ -57,12 +63,13 @@ class RefreshTiming:
 
 @dataclass
 class LifecycleBenchResult:
-    """Baseline timings and the two refreshes of one run."""
+    """Baseline timings and the refreshes of one run (the first one cold when the run began with a reset)."""
 
     customers: int
     orders: int
     baseline_seconds: list[float] = field(default_factory=list)
     refreshes: list[RefreshTiming] = field(default_factory=list)
+    first_is_cold: bool = False
 
     @property
     def baseline(self) -> float:
@@ -70,6 +77,15 @@ class LifecycleBenchResult:
 
     def ratio(self, index: int) -> float:
         return self.refreshes[index].seconds / self.baseline
+
+    @property
+    def nightly(self) -> list[int]:
+        """The indexes of the nightly (steady-state) refreshes."""
+        return list(range(1 if self.first_is_cold else 0, len(self.refreshes)))
+
+    @property
+    def worst_nightly_ratio(self) -> float | None:
+        return max((self.ratio(index) for index in self.nightly), default=None)
 
 
 def time_baseline(workspace) -> tuple[float, int]:
@@ -136,16 +152,17 @@ def reset_lifecycle(workspace) -> None:
             cursor.execute(f"VACUUM ANALYZE {model._meta.db_table}")
 
 
-def run(workspace_slug: str = "bench", *, reset: bool = False, echo=print) -> LifecycleBenchResult:
-    """Measure the baseline, a full refresh, a second refresh right after, the baseline again; print a report.
-
-    Returns the timings. Raises BenchError off PostgreSQL or for a workspace without orders.
+def run(workspace_slug: str = "bench", *, reset: bool = False, refreshes: int = 2,
+        echo=print) -> LifecycleBenchResult:
+    """Measure the baseline, then ``refreshes`` refreshes in a row with the baseline again after each; print a
+    report. Returns the timings. Raises BenchError off PostgreSQL or for a workspace without orders.
     """
     from django.conf import settings
 
     from crm_site.models import Workspace
     from crm_site.tenancy import tenant_scope
     from customers.models import Customer, Order
+    from lifecycle.models import CustomerMetrics
 
     if not settings.IS_POSTGRES:
         raise BenchError("bench/lifecycle.py measures PostgreSQL: set DATABASE_URL (see README.md).")
@@ -161,13 +178,16 @@ def run(workspace_slug: str = "bench", *, reset: bool = False, echo=print) -> Li
     if reset:
         reset_lifecycle(workspace)
         echo("  reset: metrics, lifecycle events and runs deleted (the first refresh writes every customer)")
+    with tenant_scope(workspace):
+        result.first_is_cold = not CustomerMetrics.objects.exists()
 
     seconds, groups = time_baseline(workspace)  # also warms the cache for the refresh that follows
     result.baseline_seconds.append(seconds)
     echo(f"  baseline GROUP BY customer   {seconds:8.2f} s  ({groups:,} customers with orders)")
-    for label in ("first refresh", "second refresh"):
+    for number in range(1, refreshes + 1):
         timing = time_refresh(workspace)
         result.refreshes.append(timing)
+        label = f"refresh {number}" + (" (cold)" if result.first_is_cold and number == 1 else "")
         echo(f"  {label:<28} {timing.seconds:8.2f} s  ({timing.rows_written:,} rows written, "
              f"{timing.events_written:,} events, model {timing.model_kind})")
         for step, step_seconds in timing.steps.items():
@@ -179,11 +199,17 @@ def run(workspace_slug: str = "bench", *, reset: bool = False, echo=print) -> Li
         echo(f"  baseline GROUP BY customer   {seconds:8.2f} s")
 
     echo(f"Baseline (median of {len(result.baseline_seconds)}): {result.baseline:.2f} s")
-    for index, label in enumerate(("First refresh", "Second refresh")):
-        timing = result.refreshes[index]
-        verdict = "within" if result.ratio(index) <= TARGET_RATIO else "OVER"
-        echo(f"{label}: {timing.seconds:.2f} s, ratio {result.ratio(index):.2f}x the baseline "
-             f"({verdict} the {TARGET_RATIO:g}x target)")
+    for index, timing in enumerate(result.refreshes):
+        if result.first_is_cold and index == 0:
+            verdict = f"the cold first refresh, not judged against the {TARGET_RATIO:g}x target"
+        else:
+            verdict = f"{'within' if result.ratio(index) <= TARGET_RATIO else 'OVER'} the {TARGET_RATIO:g}x target"
+        echo(f"Refresh {index + 1}: {timing.seconds:.2f} s, ratio {result.ratio(index):.2f}x the baseline ({verdict})")
+    if result.nightly:
+        ratios = [result.ratio(index) for index in result.nightly]
+        echo(f"Nightly refreshes: {len(ratios)}, ratio median {statistics.median(ratios):.2f}x, slowest "
+             f"{max(ratios):.2f}x the baseline "
+             f"({'within' if max(ratios) <= TARGET_RATIO else 'OVER'} the {TARGET_RATIO:g}x target)")
     return result
 
 
@@ -192,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", default="bench", help="Slug of the workspace (from bench/generate.py).")
     parser.add_argument("--reset", action="store_true",
                         help="Delete the workspace's lifecycle data first, so the first refresh writes everyone.")
+    parser.add_argument("--refreshes", type=int, default=2, help="How many refreshes to run in a row (default 2).")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crm_site.settings")
@@ -199,11 +226,12 @@ def main(argv: list[str] | None = None) -> int:
 
     django.setup()
     try:
-        result = run(args.workspace, reset=args.reset)
+        result = run(args.workspace, reset=args.reset, refreshes=max(args.refreshes, 1))
     except BenchError as error:
         print(f"lifecycle.py: {error}", file=sys.stderr)
         return 2
-    return 0 if result.ratio(0) <= TARGET_RATIO else 1
+    worst = result.worst_nightly_ratio
+    return 0 if worst is not None and worst <= TARGET_RATIO else 1
 
 
 if __name__ == "__main__":

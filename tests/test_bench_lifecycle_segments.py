@@ -19,23 +19,25 @@ def tiny_bench():
     return result
 
 
-def test_lifecycle_bench_prints_both_refreshes_beside_the_baseline_and_their_ratio(tiny_bench):
+def test_lifecycle_bench_prints_the_refreshes_beside_the_baseline_and_judges_the_nightly_ones(tiny_bench):
     printed = []
 
-    result = lifecycle_bench.run("tiny-bench", echo=printed.append)
+    result = lifecycle_bench.run("tiny-bench", refreshes=3, echo=printed.append)
 
     report = "\n".join(printed)
     assert "300 customers, 2,400 orders" in report
     assert "baseline GROUP BY customer" in report
-    assert "First refresh:" in report and "Second refresh:" in report and "x the baseline" in report
-    assert len(result.refreshes) == 2 and len(result.baseline_seconds) == 3
-    # The first refresh wrote every customer; the second, right after, (almost) nobody.
+    assert "Refresh 1:" in report and "Refresh 3:" in report and "x the baseline" in report
+    assert "cold first refresh, not judged" in report and "Nightly refreshes: 2, ratio median" in report
+    assert len(result.refreshes) == 3 and len(result.baseline_seconds) == 4
+    # The first refresh wrote every customer; the nightly ones right after, (almost) nobody.
+    assert result.first_is_cold and result.nightly == [1, 2]
     assert result.refreshes[0].rows_written == 300
-    assert result.refreshes[1].rows_written < 30 and result.refreshes[1].events_written < 30
-    assert result.ratio(0) > 0
+    assert all(timing.rows_written < 30 and timing.events_written < 30 for timing in result.refreshes[1:])
+    assert result.worst_nightly_ratio == max(result.ratio(1), result.ratio(2)) > 0
     with tenant_scope(tiny_bench.workspace_id):
         assert CustomerMetrics.objects.count() == 300
-        assert LifecycleRun.objects.count() == 2
+        assert LifecycleRun.objects.count() == 3
 
 
 def test_segment_bench_counts_agree_and_print_percentiles_and_ratios(tiny_bench):
