@@ -238,8 +238,9 @@ class OrderTotals:
 
     def add(self, orders: np.ndarray) -> None:
         """Add a part of the orders."""
-        # Contiguous copies of the fields: ufunc.at takes a fast path only on contiguous arrays (ten times faster).
-        placed_at, net = np.ascontiguousarray(orders["placed_at"]), np.ascontiguousarray(orders["net_cents"])
+        # Contiguous copies of the fields with numpy's own int64 type: ufunc.at takes its fast path (twenty times
+        # faster) only for those, not for a record field's view or a copy of it that keeps the field's dtype.
+        placed_at, net = orders["placed_at"].astype(np.int64), orders["net_cents"].astype(np.int64)
         position = self._position_of(orders["customer_id"])
         known = position >= 0
         if not known.all():

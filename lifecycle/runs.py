@@ -320,6 +320,7 @@ _NULL_INTEGER = {"timestamptz": np.iinfo(np.int64).min, "integer": np.iinfo(np.i
 _TEXTS = [name for name, kind in COMPARED if kind.startswith("varchar")]
 _TEXTS_HASH = "hashtextextended({texts}, jsonb_hash_extended({rewards}, 0))"
 _STORED_BY_ID_BELOW = 10_000  # an incremental refresh reads its customers' rows through the index
+_COMPARED_AT_ONCE = 65_536
 # Numeric columns kept in cents by a stored generated column too: read as they are (numeric arithmetic is most of
 # the server's work in this read).
 _STORED_CENTS = {"revenue": "revenue_cents"}
@@ -358,19 +359,19 @@ WHERE tenant_id = %(tenant)s {{condition}}
 _STORED_QUERY, _STORED_RECORD = _stored_layout()
 
 
-def _incoming_records(frame: pd.DataFrame) -> np.ndarray:
-    """Return the frame's compared values laid out as _STORED_QUERY packs the stored ones (same NULL markers)."""
+def _incoming_columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Return the frame's compared values encoded as _STORED_QUERY packs the stored ones (same NULL markers), one
+    array per field."""
     staged = frame.rename(columns={"signed_up_at": "first_seen_at"})
-    records = np.zeros(len(staged), dtype=_STORED_RECORD.newbyteorder("="))
-    records["customer_id"] = staged["customer_id"].to_numpy(dtype=np.int64)
+    columns = {"customer_id": staged["customer_id"].to_numpy(dtype=np.int64)}
     for name in _STORED_RECORD.names[1:-1]:
         kind = dict(COMPARED)[name]
         column = staged[name]
         if kind == "double precision":
-            records[name] = column.to_numpy(dtype=float, na_value=np.nan)
+            columns[name] = column.to_numpy(dtype=float, na_value=np.nan)
             continue
         if kind == "boolean":
-            records[name] = column.fillna(False).to_numpy(dtype=bool)
+            columns[name] = column.fillna(False).to_numpy(dtype=bool)
             continue
         if kind == "timestamptz":
             moments = pd.to_datetime(column, utc=True).dt.tz_localize(None).astype("datetime64[us]")
@@ -378,11 +379,11 @@ def _incoming_records(frame: pd.DataFrame) -> np.ndarray:
         elif kind.startswith("numeric"):
             values = np.round(column.fillna(0).to_numpy(dtype=float) * 100).astype(np.int64)
         else:
-            values = column.fillna(0).to_numpy(dtype=np.int64)
-        records[name] = values
-        records[name][column.isna().to_numpy()] = _NULL_INTEGER[kind.split("(")[0]]
-    records["texts"] = _texts_hashes(frame)
-    return records
+            values = column.fillna(0).to_numpy(dtype=np.int64, copy=True)
+        values[column.isna().to_numpy()] = _NULL_INTEGER[kind.split("(")[0]]
+        columns[name] = values
+    columns["texts"] = _texts_hashes(frame)
+    return columns
 
 
 def _texts_hashes(frame: pd.DataFrame) -> np.ndarray:
@@ -424,33 +425,39 @@ def differs_from_stored(tenant_id: int, frame: pd.DataFrame, stored: np.ndarray 
     """Return, per row of the classified frame, whether it has no stored metrics row or one that differs in a
     compared column (PostgreSQL; the text columns compared by a 64-bit hash). ``stored``: the workspace's
     stored rows as _STORED_QUERY packs them, read now when not given."""
-    incoming = _incoming_records(frame)
+    incoming = _incoming_columns(frame)
+    incoming_ids = incoming["customer_id"]
     if stored is None:
         params = {"tenant": tenant_id}
         condition = ""
         if len(frame) < _STORED_BY_ID_BELOW:
-            params["customer_ids"] = incoming["customer_id"].tolist()
+            params["customer_ids"] = incoming_ids.tolist()
             condition = "AND customer_id = ANY(%(customer_ids)s)"
         stored = read_packed(_STORED_QUERY, params, _STORED_RECORD, table="lifecycle_customermetrics",
                              condition=condition)
-    if not len(stored):
-        return np.ones(len(frame), dtype=bool)
-    # Each stored row's place among the incoming rows (in customer order, as the frame comes) by a lookup table.
-    incoming_ids = incoming["customer_id"]
+    # Each incoming row's stored row (-1: none), through a lookup table of the incoming ids (in customer order, as
+    # the frame comes).
     by_id = None if (incoming_ids[1:] > incoming_ids[:-1]).all() else np.argsort(incoming_ids)
     place = metrics_module.position_lookup(incoming_ids if by_id is None else incoming_ids[by_id])(
         stored["customer_id"])
     known = place >= 0
-    place = place[known] if by_id is None else by_id[place[known]]
-    # Whole records compared byte for byte, as opaque values of the record's size (one scatter and one comparison
-    # instead of one per column); NaN is the one value with several encodings, and both sides hold the canonical
-    # one (_incoming_records, float8send).
+    stored_row = np.full(len(incoming_ids), -1, dtype=np.intp)
+    stored_row[place[known] if by_id is None else by_id[place[known]]] = np.flatnonzero(known)
+    # Whole records compared byte for byte, as opaque values of the record's size (one comparison instead of one
+    # per field; NaN is the one value with several encodings, and both sides hold the canonical one: pandas' and
+    # float8send's), a slice of rows at a time: small arrays the allocator recycles, where arrays of a million
+    # records would be fresh memory each time.
+    changed = stored_row < 0
     whole = np.dtype((np.void, stored.dtype.itemsize))
-    stored_here = np.zeros(len(incoming), dtype=whole)
-    stored_here[place] = stored.view(whole)[known]
-    has_stored = np.zeros(len(incoming), dtype=bool)
-    has_stored[place] = True
-    return ~has_stored | (stored_here != incoming.astype(stored.dtype, copy=False).view(whole))
+    records = np.zeros(min(_COMPARED_AT_ONCE, len(stored_row)), dtype=stored.dtype)
+    for start in range(0, len(stored_row), _COMPARED_AT_ONCE):
+        rows = slice(start, start + _COMPARED_AT_ONCE)
+        part = records[:len(stored_row[rows])]
+        for name in _STORED_RECORD.names:
+            part[name] = incoming[name][rows]
+        here = ~changed[rows]
+        changed[rows][here] = stored.view(whole)[stored_row[rows][here]] != part.view(whole)[here]
+    return changed
 
 
 def _copy_in(staged: pd.DataFrame) -> None:

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from crm_site.tenancy import tenant_scope
 from customers.models import Customer, Order
-from lifecycle import packed_reads
+from lifecycle import packed_reads, runs
 from lifecycle.metrics import load_customer_orders
 from lifecycle.models import CustomerMetrics, LifecycleEvent
 from lifecycle.runs import refresh_workspace, workspace_policy
@@ -129,3 +129,32 @@ def test_a_refresh_inside_a_callers_transaction_reads_on_its_own_connection(work
     assert (result.rows_written, reads_in_snapshot) == (1, [])
     with tenant_scope(workspace):
         assert CustomerMetrics.objects.get(customer=person).order_count == 3
+
+
+def test_the_comparison_with_the_stored_rows_marks_exactly_the_rows_that_differ_or_are_missing(workspace,
+                                                                                             monkeypatch):
+    regulars = [history(workspace, f"R{number}", *range(20 + number, 400, 45)) for number in range(4)]
+    prospect = history(workspace, "PROSPECT")  # no orders: P(alive) and the scores are NULL, and stay equal
+    refresh_workspace(workspace)
+    classified = []
+    original = runs.write_back
+    monkeypatch.setattr(runs, "write_back", lambda tenant_id, frame, **options: (
+        classified.append(frame), original(tenant_id, frame, **options))[1])
+    refresh_workspace(workspace)
+    frame = classified[0]
+    with tenant_scope(workspace):
+        stored = packed_reads.read_packed(runs._STORED_QUERY, {"tenant": workspace.pk}, runs._STORED_RECORD,
+                                          table="lifecycle_customermetrics")
+
+        def changed(frame, stored):
+            marks = runs.differs_from_stored(workspace.pk, frame, stored)
+            return set(frame["customer_id"][marks])
+
+        assert changed(frame, stored) == set()
+        assert changed(frame.sample(frac=1, random_state=7), stored) == set()  # in any row order
+        drifted = stored.copy()
+        drifted["usual_gap_days"][drifted["customer_id"] == regulars[1].pk] += 0.5
+        drifted["is_heavy_user"][drifted["customer_id"] == regulars[2].pk] ^= True
+        assert changed(frame, drifted) == {regulars[1].pk, regulars[2].pk}
+        missing = stored[stored["customer_id"] != prospect.pk]
+        assert changed(frame.sample(frac=1, random_state=3), missing) == {prospect.pk}
