@@ -27,7 +27,7 @@ def test_lifecycle_bench_prints_the_refreshes_beside_the_baseline_and_judges_the
     report = "\n".join(printed)
     assert "300 customers, 2,400 orders" in report
     assert "baseline GROUP BY customer" in report
-    assert "Refresh 1:" in report and "Refresh 3:" in report and "x the baseline" in report
+    assert "Refresh 1:" in report and "Refresh 3:" in report and "x its baseline" in report
     assert "cold first refresh, not judged" in report and "Nightly refreshes: 2, ratio median" in report
     assert len(result.refreshes) == 3 and len(result.baseline_seconds) == 4
     # The first refresh wrote every customer; the nightly ones right after, (almost) nobody.
@@ -35,6 +35,9 @@ def test_lifecycle_bench_prints_the_refreshes_beside_the_baseline_and_judges_the
     assert result.refreshes[0].rows_written == 300
     assert all(timing.rows_written < 30 and timing.events_written < 30 for timing in result.refreshes[1:])
     assert result.worst_nightly_ratio == max(result.ratio(1), result.ratio(2)) > 0
+    # Each refresh is compared with the baselines measured just before and just after it.
+    before, after = result.baseline_seconds[1:3]
+    assert result.ratio(1) == result.refreshes[1].seconds / ((before + after) / 2)
     with tenant_scope(tiny_bench.workspace_id):
         assert CustomerMetrics.objects.count() == 300
         assert LifecycleRun.objects.count() == 3

@@ -6,6 +6,7 @@ in which order the parts came. Purchase days are calendar days in the workspace'
 """
 
 import datetime as dt
+import itertools
 from decimal import Decimal
 
 import numpy as np
@@ -52,7 +53,7 @@ def expected_frame(ids, orders):
     for customer_id in sorted(ids):
         mine = placed[placed["customer_id"] == customer_id]
         days = sorted(set(mine["day"]))
-        gaps = [(later - earlier).days for earlier, later in zip(days, days[1:])]
+        gaps = [(later - earlier).days for earlier, later in itertools.pairwise(days)]
         recent = mine[mine["at"] > YEAR_AGO]
         rows.append({
             "customer_id": customer_id,
