@@ -155,6 +155,11 @@ def test_the_comparison_with_the_stored_rows_marks_exactly_the_rows_that_differ_
         drifted = stored.copy()
         drifted["usual_gap_days"][drifted["customer_id"] == regulars[1].pk] += 0.5
         drifted["is_heavy_user"][drifted["customer_id"] == regulars[2].pk] ^= True
-        assert changed(frame, drifted) == {regulars[1].pk, regulars[2].pk}
+        # A prediction counts as changed only beyond its tolerance (predicted CLV, packed in cents: 10 %).
+        for person, factor in ((regulars[0], 105), (regulars[3], 150)):
+            clv = drifted["predicted_clv_12m"][drifted["customer_id"] == person.pk]
+            assert clv > 10_00
+            drifted["predicted_clv_12m"][drifted["customer_id"] == person.pk] = clv * factor // 100
+        assert changed(frame, drifted) == {regulars[1].pk, regulars[2].pk, regulars[3].pk}
         missing = stored[stored["customer_id"] != prospect.pk]
         assert changed(frame.sample(frac=1, random_state=3), missing) == {prospect.pk}

@@ -335,3 +335,15 @@ def test_a_large_refresh_leaves_fresh_planner_statistics_so_sorted_lists_stay_fa
         stored = CustomerMetrics.objects.count()  # every workspace's rows, as ANALYZE counts them
     assert stored == 9
     assert estimated_rows() == stored
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_metrics_pages_keep_room_for_the_rows_a_nightly_refresh_rewrites():
+    # A rewritten row whose indexed columns did not change stays on its page without index updates only when
+    # the page has room for the new version (bench/lifecycle.py reports the share of such updates).
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = 'lifecycle_customermetrics'")
+        assert "fillfactor=80" in cursor.fetchone()[0]

@@ -163,6 +163,26 @@ def test_a_purchase_brings_a_lapsed_customer_back_to_active_with_an_event(worksp
     assert (latest.from_value, latest.to_value) == ("lapsed", "active")
 
 
+def test_a_stored_prediction_is_rewritten_once_it_moved_beyond_its_tolerance(workspace):
+    # Predictions drift daily for everyone who does not buy; a refresh rewrites one only when it moved by more
+    # than its tolerance (predicted CLV: 10 %, at least 1.00; P(alive): 0.02), or when the row changes anyway.
+    close, far, unknown = (history(workspace, 40, 10, total="200.00") for _ in range(3))
+    refresh(workspace)
+    with tenant_scope(workspace):
+        computed = CustomerMetrics.objects.get(customer=close).predicted_clv_12m
+        assert computed > 10
+        CustomerMetrics.objects.filter(customer=close).update(predicted_clv_12m=computed * Decimal("1.05"))
+        CustomerMetrics.objects.filter(customer=far).update(predicted_clv_12m=computed * Decimal("1.5"))
+        CustomerMetrics.objects.filter(customer=unknown).update(p_alive=0.5)  # the rules model has no P(alive)
+
+    result = refresh(workspace)
+
+    assert result.rows_written == 2
+    assert metrics_of(close).predicted_clv_12m == (computed * Decimal("1.05")).quantize(Decimal("0.01"))
+    assert metrics_of(far).predicted_clv_12m == computed
+    assert metrics_of(unknown).p_alive is None
+
+
 # --- Probability of being alive (BG/NBD) ----------------------------------------------------------
 
 
