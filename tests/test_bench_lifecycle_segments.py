@@ -19,7 +19,7 @@ def tiny_bench():
     return result
 
 
-def test_lifecycle_bench_prints_the_refreshes_beside_the_baseline_and_judges_the_nightly_ones(tiny_bench):
+def test_lifecycle_bench_prints_the_refreshes_beside_the_baseline_and_judges_all_but_the_cold_one(tiny_bench):
     printed = []
 
     result = lifecycle_bench.run("tiny-bench", refreshes=3, echo=printed.append)
@@ -28,19 +28,33 @@ def test_lifecycle_bench_prints_the_refreshes_beside_the_baseline_and_judges_the
     assert "300 customers, 2,400 orders" in report
     assert "baseline GROUP BY customer" in report
     assert "Refresh 1:" in report and "Refresh 3:" in report and "x its baseline" in report
-    assert "cold first refresh, not judged" in report and "Nightly refreshes: 2, ratio median" in report
+    assert "cold first refresh, not judged" in report and "Refreshes as of now: 2, ratio median" in report
     assert len(result.refreshes) == 3 and len(result.baseline_seconds) == 4
-    # The first refresh wrote every customer; the nightly ones right after, (almost) nobody.
-    assert result.first_is_cold and result.nightly == [1, 2]
+    # The first refresh wrote every customer; the ones right after, as of the same moment, (almost) nobody.
+    assert result.first_is_cold and result.judged == [1, 2]
     assert result.refreshes[0].rows_written == 300
     assert all(timing.rows_written < 30 and timing.events_written < 30 for timing in result.refreshes[1:])
-    assert result.worst_nightly_ratio == max(result.ratio(1), result.ratio(2)) > 0
+    assert result.worst_ratio == max(result.ratio(1), result.ratio(2)) > 0
     # Each refresh is compared with the baselines measured just before and just after it.
     before, after = result.baseline_seconds[1:3]
     assert result.ratio(1) == result.refreshes[1].seconds / ((before + after) / 2)
     with tenant_scope(tiny_bench.workspace_id):
         assert CustomerMetrics.objects.count() == 300
         assert LifecycleRun.objects.count() == 3
+
+
+def test_lifecycle_bench_runs_nights_as_of_the_days_after_today(tiny_bench):
+    lifecycle_bench.run("tiny-bench", refreshes=1, echo=lambda *args: None)
+    printed = []
+
+    result = lifecycle_bench.run("tiny-bench", refreshes=2, nights=True, echo=printed.append)
+
+    report = "\n".join(printed)
+    assert "untimed refresh as of now" in report
+    assert "night 1 (+1 d)" in report and "night 2 (+2 d)" in report and "Nights: 2, ratio median" in report
+    assert not result.first_is_cold and result.judged == [0, 1]
+    with tenant_scope(tiny_bench.workspace_id):
+        assert LifecycleRun.objects.count() == 4  # the cold one, the untimed one, two nights
 
 
 def test_segment_bench_counts_agree_and_print_percentiles_and_ratios(tiny_bench):
