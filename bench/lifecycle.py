@@ -231,6 +231,8 @@ def run(workspace_slug: str = "bench", *, reset: bool = False, refreshes: int = 
         timing = time_refresh(workspace, now=today)
         echo(f"  untimed refresh as of now      {timing.seconds:8.2f} s  ({timing.rows_written:,} rows written): "
              "the nights start from today's rows")
+        if timing.rows_written:
+            _vacuum_between_nights(echo)
 
     seconds, groups = time_baseline(workspace)  # also warms the cache for the refresh that follows
     result.baseline_seconds.append(seconds)
