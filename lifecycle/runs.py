@@ -655,18 +655,28 @@ WHERE m.customer_id IS NULL OR (m.computed_at <= %(read_started)s AND ({_changed
 
 
 def _events_sql() -> str:
-    """Return the INSERT of one event per stage change and per flag switched on or off."""
-    stage = """
-SELECT %(tenant)s, i.customer_id, 'stage', COALESCE(c.old_stage, ''), i.stage, i.reason, %(now)s
-FROM changed_rows WHERE c.old_stage IS DISTINCT FROM i.stage"""
-    flags = [f"""
-SELECT %(tenant)s, i.customer_id, '{kind}', CASE WHEN c.old_{column} THEN 'on' ELSE 'off' END,
-       CASE WHEN i.{column} THEN 'on' ELSE 'off' END,
-       CASE WHEN i.{column} THEN i.{reason} ELSE '{_OFF_REASONS[kind]}' END, %(now)s
-FROM changed_rows WHERE c.old_{column} <> i.{column}""" for kind, column, reason in FLAGS]
-    joined = "lifecycle_changed c JOIN lifecycle_incoming i ON i.customer_id = c.customer_id"
-    return ("INSERT INTO lifecycle_lifecycleevent (tenant_id, customer_id, kind, from_value, to_value, reason,"
-            " occurred_at)" + "\nUNION ALL".join([stage, *flags]).replace("changed_rows", joined))
+    """Return the INSERT of one event per stage change and per flag switched on or off: one pass over the changed
+    rows, each paired with every kind of event."""
+    kinds = ["stage", *(kind for kind, _, _ in FLAGS)]
+    from_value, to_value, reason, happened = (["CASE k.kind"] for _ in range(4))
+    from_value.append("WHEN 'stage' THEN COALESCE(c.old_stage, '')")
+    to_value.append("WHEN 'stage' THEN i.stage")
+    reason.append("WHEN 'stage' THEN i.reason")
+    happened.append("WHEN 'stage' THEN c.old_stage IS DISTINCT FROM i.stage")
+    for kind, column, flag_reason in FLAGS:
+        from_value.append(f"WHEN '{kind}' THEN CASE WHEN c.old_{column} THEN 'on' ELSE 'off' END")
+        to_value.append(f"WHEN '{kind}' THEN CASE WHEN i.{column} THEN 'on' ELSE 'off' END")
+        reason.append(f"WHEN '{kind}' THEN CASE WHEN i.{column} THEN i.{flag_reason} ELSE '{_OFF_REASONS[kind]}' END")
+        happened.append(f"WHEN '{kind}' THEN c.old_{column} <> i.{column}")
+    values = ", ".join(f"('{kind}')" for kind in kinds)
+    return f"""
+INSERT INTO lifecycle_lifecycleevent (tenant_id, customer_id, kind, from_value, to_value, reason, occurred_at)
+WITH kinds(kind) AS (VALUES {values})
+SELECT %(tenant)s, i.customer_id, k.kind, {" ".join(from_value)} END, {" ".join(to_value)} END,
+       {" ".join(reason)} END, %(now)s
+FROM lifecycle_changed c JOIN lifecycle_incoming i ON i.customer_id = c.customer_id CROSS JOIN kinds k
+WHERE {" ".join(happened)} END
+"""
 
 
 def _update_sql(postgres: bool) -> str:
