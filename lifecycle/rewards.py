@@ -111,7 +111,8 @@ class DueRewards:
     def per_customer(self, index) -> pd.Series:
         """Return each customer's list (customers with the same set share one list object: treat it as read-only)."""
         lists = np.empty(len(self.sets), dtype=object)
-        lists[:] = self.sets
+        for position, rewards in enumerate(self.sets):  # one by one: numpy would read equal-length lists as rows
+            lists[position] = rewards
         return pd.Series(lists[self.set_of_customer], index=index, dtype=object)
 
     def any_due(self) -> np.ndarray:
